@@ -1,0 +1,153 @@
+"""The one model interface every backend meets.
+
+A :class:`DualEncoder` wraps a backend's own ``nn.Module`` (``self.model``) and exposes what the
+algorithms need: normalised embeddings, a tokenizer, the image preprocessing, the logit scale, the
+tower of every parameter, the named weight-bearing layers, and saving in the backend's own layout.
+
+Text always travels as a :data:`TextBatch` (``dict[str, Tensor]``), whatever the backend, so no
+caller ever branches on the backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Tower = Literal["image", "text"]
+TOWERS: tuple[Tower, ...] = ("image", "text")
+TextBatch = dict[str, Tensor]
+Preprocess = Callable[[object], Tensor]  # PIL.Image -> float tensor (C, H, W)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model id ``backend:name[@weights]``.
+
+    Examples: ``openclip:RN50@openai``, ``openclip:ViT-B-32@/ckpt.safetensors``,
+    ``hf:openai/clip-vit-base-patch32``, ``hf:/local/dir``, ``testbed``, ``testbed@/run/dir``.
+    """
+
+    backend: str
+    name: str
+    weights: str | None = None
+
+    @classmethod
+    def parse(cls, model_id: str) -> ModelSpec:
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise ValueError("model id is empty; expected e.g. 'openclip:RN50@openai', 'hf:/local/dir' or 'testbed'")
+        backend, sep, rest = model_id.strip().partition(":")
+        if not sep:  # "testbed" or "testbed@/dir"
+            backend, _, weights = backend.partition("@")
+            return cls(backend=backend, name=backend, weights=weights or None)
+        name, at, weights = rest.partition("@")
+        if not name:
+            raise ValueError(f"model id {model_id!r} names no model after '{backend}:'")
+        return cls(backend=backend, name=name, weights=(weights or None) if at else None)
+
+    def __str__(self) -> str:
+        if self.backend == self.name:
+            return self.backend + (f"@{self.weights}" if self.weights else "")
+        return f"{self.backend}:{self.name}" + (f"@{self.weights}" if self.weights else "")
+
+
+class DualEncoder(nn.Module, abc.ABC):
+    """A CLIP-style dual encoder behind one small protocol.
+
+    Subclasses set :attr:`backend`, implement the abstract methods, and say which parameter-name
+    prefixes (of ``self.model``) belong to which tower. Parameters outside both towers (the logit
+    scale) are never candidates for forgetting.
+    """
+
+    backend: str = ""
+    image_prefixes: tuple[str, ...] = ()
+    text_prefixes: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, preprocess: Preprocess):
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.preprocess = preprocess
+
+    # -- embeddings -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_image(self, images: Tensor) -> Tensor:
+        """L2-normalised image embeddings, shape (B, D)."""
+
+    @abc.abstractmethod
+    def encode_text(self, text: TextBatch) -> Tensor:
+        """L2-normalised text embeddings, shape (B, D)."""
+
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        """Tokenise on the CPU; move with :func:`to_device`."""
+
+    @property
+    @abc.abstractmethod
+    def logit_scale(self) -> Tensor:
+        """The (already exponentiated) temperature multiplying cosine similarities."""
+
+    # -- weights ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def save(self, directory: str | Path) -> Path:
+        """Write the weights in the backend's own layout under ``directory``; return the main file.
+
+        The result loads without clipforget (open_clip ``create_model(name, pretrained=file)``,
+        ``CLIPModel.from_pretrained(directory)``, the testbed's documented loader).
+        """
+
+    def state_dict_model(self) -> dict[str, Tensor]:
+        """The backend model's state dict (keys as the backend names them)."""
+        return self.model.state_dict()
+
+    # -- structure --------------------------------------------------------------------------
+    def tower_of(self, param_name: str) -> Tower | None:
+        """Which tower a parameter of ``self.model`` belongs to (None for shared ones)."""
+        if param_name.startswith(self.image_prefixes):
+            return "image"
+        if param_name.startswith(self.text_prefixes):
+            return "text"
+        return None
+
+    def layers(self, towers: Sequence[Tower] = TOWERS) -> dict[str, list[str]]:
+        """Weight-bearing layers: layer name -> names of the parameters it owns directly.
+
+        A layer is a module of ``self.model`` owning at least one parameter directly (Linear, Conv,
+        Embedding, attention, norms); parameters held by the root module (open_clip's
+        ``text_projection``) are each a layer of their own. Keys are module names in ``self.model``.
+        """
+        out: dict[str, list[str]] = {}
+        for module_name, module in self.model.named_modules():
+            for pname, _ in module.named_parameters(recurse=False):
+                full = f"{module_name}.{pname}" if module_name else pname
+                if self.tower_of(full) not in towers:
+                    continue
+                key = module_name if module_name else pname
+                out.setdefault(key, []).append(full)
+        return out
+
+    def tower_parameters(self, tower: Tower) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, p in self.model.named_parameters():
+            if self.tower_of(name) == tower:
+                yield name, p
+
+    def similarity(self, images: Tensor, text: TextBatch) -> Tensor:
+        """Cosine similarity matrix (B_img, B_txt) between images and texts."""
+        return self.encode_image(images) @ self.encode_text(text).T
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def to_device(batch: TextBatch, device: torch.device | str) -> TextBatch:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def normalize(x: Tensor) -> Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
