@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -32,3 +33,64 @@ def register_tiny_openclip(tmp_dir: Path) -> list[str]:
             path.write_text(json.dumps(cfg))
             open_clip.add_model_config(path)
     return list(TINY_CONFIGS)
+
+
+# -- Hugging Face ----------------------------------------------------------------------------------
+TINY_HF_CONFIG = {
+    "projection_dim": 32,
+    "text_config": {
+        "vocab_size": 49408,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    },
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    },
+}
+
+
+def clip_bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's vocab.json and merges.txt, derived offline from the BPE file open_clip ships.
+
+    The derivation is the one open_clip's ``SimpleTokenizer`` performs, with Hugging Face's names
+    for the two special tokens (ids 49406 and 49407, as in ``openai/clip-vit-base-patch32``).
+    """
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = list(bytes_to_unicode().values())
+    words = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    words += ["<|startoftext|>", "<|endoftext|>"]
+    return {w: i for i, w in enumerate(words)}, merges
+
+
+def make_tiny_hf(directory: str | Path, seed: int = 0) -> str:
+    """Write a tiny random ``CLIPModel`` with the real CLIP tokenizer and an image processor.
+
+    The folder loads with plain ``CLIPModel.from_pretrained`` / ``AutoTokenizer`` /
+    ``AutoImageProcessor``; returns the clipforget model id ``hf:<directory>``.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    CLIPModel(CLIPConfig(**TINY_HF_CONFIG)).save_pretrained(directory)
+    vocab, merges = clip_bpe_vocab_and_merges()
+    max_length = TINY_HF_CONFIG["text_config"]["max_position_embeddings"]
+    CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length).save_pretrained(directory)
+    size = TINY_HF_CONFIG["vision_config"]["image_size"]
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(directory)
+    return f"hf:{directory}"

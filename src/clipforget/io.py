@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,28 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def atomic_write_dir(directory: str | Path, write: Callable[[Path], None], last: Sequence[str] = ()) -> Path:
+    """Fill ``directory`` through ``write(tmp_dir)`` so that no reader sees a half-written file.
+
+    ``write`` fills a temporary sibling folder. A new ``directory`` then appears by one rename; into
+    an existing one (say a run directory that holds other files too) each written file moves by its
+    own ``os.replace``, the files named in ``last`` (e.g. ``config.json``) after all the others.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        if not directory.exists():
+            tmp.chmod(0o755)  # mkdtemp makes it private to the owner
+            os.replace(tmp, directory)
+            return directory
+        files = sorted((p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()), key=lambda r: str(r) in last)
+        for rel in files:
+            (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, directory / rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory

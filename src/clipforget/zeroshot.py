@@ -1,15 +1,32 @@
-"""Zero-shot classification: class names x prompt templates -> classifier weights -> accuracy."""
+"""Zero-shot classification: class names x prompt templates -> classifier weights -> accuracy.
+
+Pure tensor code. The one file it touches is the optional classifier cache, keyed by the content of
+the model weights, the class names and the templates (never by a model name), so a changed weight,
+class or template can never be answered from a stale entry.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from clipforget.io import atomic_save_safetensors
 from clipforget.models.base import DualEncoder, to_device
 
+log = logging.getLogger(__name__)
 
+_CACHE_FORMAT = "clipforget-zeroshot-v1"
+
+
+# -- classifier ---------------------------------------------------------------------------------
 @torch.no_grad()
 def build_zero_shot_classifier(
     model: DualEncoder,
@@ -18,19 +35,145 @@ def build_zero_shot_classifier(
     *,
     device: torch.device | str | None = None,
     batch_size: int = 64,
+    cache_dir: str | Path | None = None,
 ) -> Tensor:
     """Classifier weights (D, C): the normalised mean of each class's template embeddings.
 
-    Templates contain ``{}`` where the class name goes (open_clip's template-ensemble recipe).
+    Templates contain ``{}`` where the class name goes (open_clip's template-ensemble recipe). With
+    ``cache_dir``, the weights are read from / written to ``cache_dir/<key>.safetensors``, where
+    ``key`` is :func:`classifier_cache_key` (a hash of the weights, class names and templates).
     """
     if not classnames:
         raise ValueError("no class names given for the zero-shot classifier")
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template must contain '{{}}' where the class name goes; got {list(templates)}")
     device = device or model.device
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{classifier_cache_key(model, classnames, templates)}.safetensors"
+        if cache_file.is_file():
+            from safetensors.torch import load_file
+
+            log.info("zero-shot classifier from cache %s", cache_file)
+            return load_file(cache_file)["classifier"].to(device)
     texts = [t.format(c) for c in classnames for t in templates]
     embs = []
     for i in range(0, len(texts), batch_size):
         embs.append(model.encode_text(to_device(model.tokenize(texts[i : i + batch_size]), device)).float())
     emb = torch.cat(embs).view(len(classnames), len(templates), -1).mean(dim=1)
-    return torch.nn.functional.normalize(emb, dim=-1).T.contiguous()
+    classifier = torch.nn.functional.normalize(emb, dim=-1).T.contiguous()
+    if cache_file is not None:
+        atomic_save_safetensors({"classifier": classifier}, cache_file, metadata={"format": _CACHE_FORMAT})
+        log.info("zero-shot classifier cached at %s", cache_file)
+    return classifier
+
+
+def state_dict_digest(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 of a state dict's content: every key, dtype, shape and byte, in key order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def classifier_cache_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """The cache key of a classifier: a hash of the model weights, the class names and the templates."""
+    payload = json.dumps(
+        {
+            "format": _CACHE_FORMAT,
+            "weights": state_dict_digest(model.state_dict_model()),
+            "classnames": list(classnames),
+            "templates": list(templates),
+        }
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# -- image embeddings ---------------------------------------------------------------------------
+@torch.no_grad()
+def compute_image_embeddings(
+    model: DualEncoder,
+    images: Tensor | Iterable[Tensor],
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "image embeddings",
+) -> Tensor:
+    """Normalised image embeddings (N, D) on the CPU, for a tensor (N, C, H, W) or an iterable of batches.
+
+    An iterable yields image tensors only; from a loader of (image, label) pairs pass
+    ``(x for x, _ in loader)``.
+    """
+    device = device or model.device
+    if isinstance(images, Tensor):
+        batches: Iterable[Tensor] = images.split(batch_size)
+        total: int | None = -(-len(images) // batch_size)
+    else:
+        batches, total = images, (len(images) if hasattr(images, "__len__") else None)
+    out = []
+    for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+        if not isinstance(batch, Tensor):
+            raise TypeError(f"expected batches of image tensors, got {type(batch).__name__}; pass (x for x, _ in loader)")
+        out.append(model.encode_image(batch.to(device)).float().cpu())
+    if not out:
+        raise ValueError("no images given")
+    return torch.cat(out)
+
+
+# -- accuracy -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ZeroShotAccuracy:
+    """Accuracies in percent (as in :class:`clipforget.metrics.ScenarioMetrics`).
+
+    ``top5`` is top-min(5, C) accuracy, None when only predictions (no logits) were given.
+    ``per_class[c]`` is the top-1 accuracy on the samples labelled ``c``, None when there are none;
+    ``mean_per_class`` averages it over the classes that have samples. ``count`` is the sample count.
+    """
+
+    top1: float
+    top5: float | None
+    per_class: tuple[float | None, ...]
+    mean_per_class: float
+    count: int
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["per_class"] = list(self.per_class)
+        return d
+
+
+def zero_shot_accuracy(logits_or_preds: Tensor, labels: Tensor, num_classes: int) -> ZeroShotAccuracy:
+    """Top-1, top-5 and per-class accuracy from logits (N, C) or predicted labels (N,)."""
+    labels = labels.detach().cpu().long().reshape(-1)
+    scores = logits_or_preds.detach().cpu()
+    n = labels.numel()
+    if n == 0:
+        raise ValueError("no samples to score")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got [{labels.min()}, {labels.max()}]")
+    if scores.dim() == 2 and scores.shape == (n, num_classes):
+        topk = scores.topk(min(5, num_classes), dim=1).indices
+        preds = topk[:, 0]
+        top5: float | None = 100.0 * (topk == labels[:, None]).any(dim=1).float().mean().item()
+    elif scores.dim() == 1 and scores.numel() == n and not scores.is_floating_point():
+        preds, top5 = scores.long(), None
+    else:
+        raise ValueError(
+            f"expected logits of shape ({n}, {num_classes}) or integer predictions of shape ({n},); "
+            f"got {tuple(scores.shape)} {scores.dtype}"
+        )
+    correct = (preds == labels).float()
+    hits = torch.zeros(num_classes).index_add_(0, labels, correct)
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    per_class = tuple(100.0 * (h / c).item() if c > 0 else None for h, c in zip(hits, counts))
+    present = [a for a in per_class if a is not None]
+    return ZeroShotAccuracy(
+        top1=100.0 * correct.mean().item(),
+        top5=top5,
+        per_class=per_class,
+        mean_per_class=sum(present) / len(present),
+        count=n,
+    )
