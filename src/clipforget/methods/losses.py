@@ -1,0 +1,49 @@
+"""Small differentiable pieces the stages and baselines share: embeddings, logits, losses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipforget.models.base import DualEncoder, to_device
+
+
+def encode_texts(model: DualEncoder, texts: Sequence[str]) -> Tensor:
+    """Normalised text embeddings (len(texts), D), with gradient."""
+    return model.encode_text(to_device(model.tokenize(list(texts)), model.device))
+
+
+def class_embeddings(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """Zero-shot classifier (D, C) with gradient: normalised mean of each class's template embeddings."""
+    emb = encode_texts(model, [t.format(c) for c in classnames for t in templates])
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).T
+
+
+def forget_similarity(model: DualEncoder, images: Tensor, text_emb: Tensor) -> Tensor:
+    """Cosine similarity of each forget image with the forget text embedding (D,), shape (B,)."""
+    return model.encode_image(images) @ text_emb
+
+
+def forget_loss(similarity: Tensor, delta: float, hinge: bool) -> Tensor:
+    """Mean similarity to minimise; with ``hinge``, only the part above ``delta`` counts."""
+    return F.relu(similarity - delta).mean() if hinge else similarity.mean()
+
+
+def kd_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """KL(teacher || student) between the softmax distributions, averaged over the batch."""
+    return F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean")
+
+
+def embedding_distance(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
+    """Mean ``1 - cos`` between normalised student and teacher embeddings."""
+    return (1 - (student_emb * teacher_emb).sum(-1)).mean()
+
+
+@torch.no_grad()
+def embed_images(model: DualEncoder, images: Tensor, batch_size: int = 128) -> Tensor:
+    """Normalised image embeddings without gradient, in batches, on the model's device."""
+    return torch.cat([model.encode_image(images[i : i + batch_size].to(model.device)) for i in range(0, len(images), batch_size)])

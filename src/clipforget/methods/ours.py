@@ -1,0 +1,192 @@
+"""The paper's method: select -> forget -> remind -> restore, every stage switchable for ablations."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from clipforget.config import Config, require
+from clipforget.methods.adapters import AdapterConfig
+from clipforget.methods.align import AlignConfig, align_images, norm_targets
+from clipforget.methods.base import (
+    clone_model,
+    InMemoryStore,
+    Method,
+    MethodResult,
+    ScoreFn,
+    StageStore,
+    StateDict,
+    UnlearnData,
+    load_partial_state,
+    register_method,
+    run_stage,
+    stage_generator,
+)
+from clipforget.methods.fisher import SelectConfig, candidate_layers, fisher_scores, top_layers
+from clipforget.methods.forget import ForgetConfig, forget_stage
+from clipforget.methods.remind import DistillConfig, remind_stage
+from clipforget.methods.scoring import make_score_fn
+from clipforget.methods.souping import SoupChoice, greedy_soup, search_alpha, weighted_soup
+from clipforget.methods.training import TrainConfig
+from clipforget.models.base import DualEncoder
+
+log = logging.getLogger(__name__)
+STAGES = ("select", "forget", "remind", "restore")
+
+
+@dataclass(frozen=True)
+class RestoreConfig(Config):
+    """The souping stage.
+
+    mode: "interpolate" (grid search over alpha), "greedy" (greedy soup of original, forget-stage
+        and reminded weights) or "fisher" (per-layer Fisher-weighted average of original and
+        unlearned: retain Fisher pulls toward the original, forget Fisher toward the unlearned).
+    grid: the alpha values tried by "interpolate" (0: original, 1: unlearned).
+    forget_target: largest acceptable forget accuracy of the chosen weights.
+    """
+
+    mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
+    grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    forget_target: float = 0.05
+
+    def __post_init__(self) -> None:
+        require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
+        require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
+
+
+@dataclass(frozen=True)
+class OursConfig(Config):
+    """The paper's method. The ``use_*`` switches are the ablations; the sections tune each stage.
+
+    use_relative_fisher: select by F(D_f)/F(D_r); else by ``select.fallback``.
+    use_lora: LoRA on the selected matrices (else full tuning of the selected layers).
+    use_remind: run the remind stage at all.  use_alignment: align retain images first.
+    use_distillation: KD from the original model (else cross-entropy on the retain labels).
+    use_souping: run the restore stage (else the reminded weights are the result).
+    """
+
+    use_relative_fisher: bool = True
+    use_lora: bool = True
+    use_remind: bool = True
+    use_alignment: bool = True
+    use_distillation: bool = True
+    use_souping: bool = True
+    select: SelectConfig = field(default_factory=SelectConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
+
+
+def _state_of(model: DualEncoder, keys: list[str], original: StateDict) -> StateDict:
+    """The named entries plus any other entry that differs from ``original`` (what a stage changed)."""
+    own = model.model.state_dict()
+    changed = {k for k, v in own.items() if not torch.equal(v, original[k])}
+    return {k: own[k].detach().clone() for k in sorted(set(keys) | changed)}
+
+
+@register_method("ours")
+class Ours(Method):
+    config_class = OursConfig
+
+    @classmethod
+    def smoke_config(cls) -> OursConfig:
+        tiny = TrainConfig(steps=6, lr=1e-2, batch_size=8, check_every=3)
+        return OursConfig(
+            select=SelectConfig(top_k=3, max_samples=4),
+            adapter=AdapterConfig(rank=2),
+            forget=ForgetConfig(train=tiny, delta=-1.0),
+            align=AlignConfig(train=TrainConfig(steps=4, lr=0.05, batch_size=8, grad_clip=None)),
+            distill=DistillConfig(train=TrainConfig(steps=4, lr=1e-2, batch_size=8, ema_decay=0.5)),
+            restore=RestoreConfig(grid=(0.0, 0.5, 1.0)),
+        )
+
+    def run(
+        self,
+        model: DualEncoder,
+        data: UnlearnData,
+        config: OursConfig,
+        *,
+        store: StageStore | None = None,
+        seed: int = 0,
+        score_fn: ScoreFn | None = None,
+    ) -> MethodResult:
+        self.check_config(config)
+        store = store if store is not None else InMemoryStore()
+        teacher = model.eval()
+        student = clone_model(model).eval()
+        original = {k: v.detach().clone() for k, v in teacher.model.state_dict().items()}
+        diagnostics: dict[str, dict[str, Any]] = {}
+
+        def select() -> tuple[dict[str, Any], StateDict]:
+            candidates = candidate_layers(student, config.select)
+            scores = fisher_scores(student, data, candidates, config.select, stage_generator(seed, "select"))
+            if config.use_relative_fisher:
+                layers = top_layers(scores.relative, config.select.top_k)
+            elif config.select.fallback == "forget_fisher":
+                layers = top_layers(scores.forget, config.select.top_k)
+            else:
+                layers = sorted(candidates)
+            params = sorted({p for layer in layers for p in candidates[layer]})
+            log.info("selected layers: %s", layers)
+            return {"scores": scores.to_dict(), "layers": layers, "params": params}, {}
+
+        diagnostics["select"] = sel = run_stage(store, "select", student, select)
+        params: list[str] = sel["params"]
+
+        def forget() -> tuple[dict[str, Any], StateDict]:
+            g = stage_generator(seed, "forget")
+            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora)
+            return info, _state_of(student, params, original)
+
+        diagnostics["forget"] = run_stage(store, "forget", student, forget)
+        after_forget = _state_of(student, params, original)
+
+        def remind() -> tuple[dict[str, Any], StateDict]:
+            g = stage_generator(seed, "remind")
+            retain, info = data.retain_images, {}
+            targets = norm_targets(teacher, data.calibration_images) if config.use_alignment else None
+            if targets is not None:
+                retain, info["align"] = align_images(teacher, data.retain_images, targets, config.align, g)
+            elif config.use_alignment:
+                log.warning("alignment skipped: a LayerNorm image tower needs calibration images")
+            info["distill"] = remind_stage(
+                student, teacher, data, retain, params, config.distill, config.forget, config.adapter, g,
+                use_lora=config.use_lora, use_distillation=config.use_distillation,
+            )  # fmt: skip
+            return info, _state_of(student, params, original)
+
+        if config.use_remind:
+            diagnostics["remind"] = run_stage(store, "remind", student, remind)
+
+        def restore() -> tuple[dict[str, Any], StateDict]:
+            choice = self._restore(config, original, student, after_forget, sel, score_fn or make_score_fn(teacher, data))
+            load_partial_state(student, choice.state)
+            return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
+
+        if config.use_souping:
+            diagnostics["restore"] = run_stage(store, "restore", student, restore)
+        return MethodResult(model=student, diagnostics=diagnostics)
+
+    @staticmethod
+    def _restore(
+        config: OursConfig, original: StateDict, student: DualEncoder, after_forget: StateDict, sel: dict, score_fn: ScoreFn
+    ) -> SoupChoice:
+        unlearned = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+        cfg = config.restore
+        if cfg.mode == "interpolate":
+            return search_alpha(original, unlearned, score_fn, cfg.grid, cfg.forget_target)
+        if cfg.mode == "greedy":
+            return greedy_soup([unlearned, {**original, **after_forget}, original], score_fn, cfg.forget_target)
+        layers = student.layers()
+        layer_of = {p: layer for layer in sel["layers"] for p in layers[layer]}
+        scores = sel["scores"]
+        w_orig = {k: scores["retain"][layer_of[k]] if k in layer_of else 1.0 for k in original}
+        w_unl = {k: scores["forget"][layer_of[k]] if k in layer_of else 1.0 for k in original}
+        soup = weighted_soup([original, unlearned], [w_orig, w_unl])
+        utility, forget_acc = score_fn(soup)
+        return SoupChoice(soup, [], {"utility": float(utility), "forget_acc": float(forget_acc)})

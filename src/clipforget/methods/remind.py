@@ -1,0 +1,115 @@
+"""Stage 2b, remind: fine-tune the selected layers on (aligned) retain and calibration images.
+
+With distillation, the frozen original model is the teacher: KL between teacher and student softmax
+over the zero-shot class prompts (times the logit scale) plus ``1 - cos`` to the teacher's image
+embeddings. Without it, cross-entropy on the retain labels. The forget loss stays active so the
+subgroup does not come back; an EMA of the tuned weights is what remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clipforget.config import Config, require
+from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.base import UnlearnData
+from clipforget.methods.forget import ForgetConfig, forget_progress
+from clipforget.methods.losses import class_embeddings, embed_images, embedding_distance, encode_texts, forget_loss, kd_kl
+from clipforget.methods.training import BatchStream, TrainConfig, train_loop
+from clipforget.models.base import DualEncoder
+from clipforget.zeroshot import build_zero_shot_classifier
+
+
+@dataclass(frozen=True)
+class DistillConfig(Config):
+    """The remind fine-tuning.
+
+    train: optimisation (EMA of the tuned weights via ``train.ema_decay``).
+    kd_weight: weight of KL(teacher || student) over the class prompts.
+    embed_weight: weight of ``1 - cos`` between student and teacher image embeddings.
+    forget_weight: weight of the forget loss kept active during reminding.
+    use_calibration: also distil on the calibration images (when the data has them).
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, lr=5e-4, batch_size=32, ema_decay=0.9))
+    kd_weight: float = 1.0
+    embed_weight: float = 1.0
+    forget_weight: float = 1.0
+    use_calibration: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("kd_weight", "embed_weight", "forget_weight"):
+            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@torch.no_grad()
+def teacher_logits(teacher: DualEncoder, images: Tensor, data: UnlearnData) -> Tensor:
+    classifier = build_zero_shot_classifier(teacher, data.classnames, data.templates)
+    return teacher.logit_scale * embed_images(teacher, images) @ classifier
+
+
+def remind_stage(
+    student: DualEncoder,
+    teacher: DualEncoder,
+    data: UnlearnData,
+    retain_images: Tensor,
+    param_names: Sequence[str],
+    config: DistillConfig,
+    forget: ForgetConfig,
+    adapter: AdapterConfig,
+    generator: torch.Generator,
+    *,
+    use_lora: bool = True,
+    use_distillation: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``param_names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r."""
+    student.eval()
+    teacher.eval()
+    pool = retain_images
+    if use_distillation and config.use_calibration and data.calibration_images is not None:
+        pool = torch.cat([retain_images, data.calibration_images.to(retain_images.device)])
+    pool = pool.to(student.device)
+    labels = data.retain_labels.to(student.device)
+    t_emb = embed_images(teacher, pool)
+    t_logits = teacher_logits(teacher, pool, data)
+    scale = teacher.logit_scale.detach()
+    text_trains = any(student.tower_of(n) == "text" for n in param_names)
+    fixed_classifier = None if text_trains else build_zero_shot_classifier(student, data.classnames, data.templates)
+    batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
+    forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
+
+    def loss_fn(step: int) -> dict[str, Tensor]:
+        idx = batches.next().to(pool.device)
+        emb = student.encode_image(pool[idx])
+        classifier = fixed_classifier if fixed_classifier is not None else class_embeddings(student, data.classnames, data.templates)
+        logits = scale * emb @ classifier
+        terms: dict[str, Tensor] = {}
+        if use_distillation:
+            terms["kd"] = config.kd_weight * kd_kl(logits, t_logits[idx])
+            terms["embed"] = config.embed_weight * embedding_distance(emb, t_emb[idx])
+        else:
+            terms["ce"] = F.cross_entropy(logits, labels[idx])
+        if config.forget_weight > 0:
+            f_images = data.forget_images[forget_batches.next()].to(student.device)
+            sim = student.encode_image(f_images) @ encode_texts(student, [data.forget_text])[0]
+            terms["forget"] = config.forget_weight * forget_loss(sim, forget.delta, forget.hinge)
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
+
+    with tuning(student.model, param_names, adapter, generator, use_lora=use_lora) as params:
+        train_log = train_loop(params, loss_fn, config.train, desc="remind")
+    return {**train_log.to_dict(), "final": forget_progress(student, data)}
+
+
+@torch.no_grad()
+def distillation_gap(student: DualEncoder, teacher: DualEncoder, images: Tensor, data: UnlearnData) -> float:
+    """KL(teacher || student) over the class prompts on ``images`` (how far the student drifted)."""
+    t = teacher_logits(teacher, images, data)
+    classifier = build_zero_shot_classifier(student, data.classnames, data.templates)
+    s = teacher.logit_scale * embed_images(student, images) @ classifier
+    return float(kd_kl(s, t))

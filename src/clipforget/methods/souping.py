@@ -1,0 +1,132 @@
+"""Stage 3, restore: weight-space souping, as pure functions on state dicts.
+
+The scoring is the caller's: ``score_fn(state_dict) -> (utility, forget_acc)``. A soup is
+*feasible* when its forget accuracy is at or below ``forget_target``; among feasible soups the
+highest utility wins; when none is feasible, the lowest forget accuracy wins (and a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clipforget.methods.base import ScoreFn, StateDict
+
+log = logging.getLogger(__name__)
+
+
+def _check_same_keys(states: Sequence[Mapping[str, Tensor]]) -> None:
+    first = states[0]
+    for other in states[1:]:
+        if set(other) != set(first):
+            diff = sorted(set(other) ^ set(first))
+            raise KeyError(f"state dicts differ in keys: {diff[:5]}{' ...' if len(diff) > 5 else ''}")
+        for k, v in first.items():
+            if other[k].shape != v.shape:
+                raise ValueError(f"state dicts differ in the shape of {k!r}: {tuple(v.shape)} vs {tuple(other[k].shape)}")
+
+
+def interpolate(original: Mapping[str, Tensor], unlearned: Mapping[str, Tensor], alpha: float) -> StateDict:
+    """``alpha * unlearned + (1 - alpha) * original``; alpha 0 and 1 give the endpoints exactly.
+
+    Non-float entries (BatchNorm's ``num_batches_tracked``) come from the nearer endpoint.
+    """
+    _check_same_keys([original, unlearned])
+    out: StateDict = {}
+    for k, o in original.items():
+        u = unlearned[k]
+        if alpha == 0:
+            out[k] = o.clone()
+        elif alpha == 1:
+            out[k] = u.clone()
+        elif not o.is_floating_point():
+            out[k] = (o if alpha < 0.5 else u).clone()
+        else:
+            out[k] = torch.lerp(o, u.to(o.dtype), float(alpha))
+    return out
+
+
+def uniform_soup(states: Sequence[Mapping[str, Tensor]]) -> StateDict:
+    """The plain average of ``states`` (non-float entries from the first)."""
+    return weighted_soup(states, [{k: torch.ones(()) for k in states[0]} for _ in states])
+
+
+def weighted_soup(states: Sequence[Mapping[str, Tensor]], weights: Sequence[Mapping[str, Tensor | float]], eps: float = 1e-12) -> StateDict:
+    """``sum_i w_i * θ_i / sum_i w_i`` entrywise; weights broadcast (a scalar per tensor is fine).
+
+    With per-parameter Fisher diagonals as weights this is Fisher-weighted averaging (Matena &
+    Raffel 2022). Where all weights are zero, the plain average is used.
+    """
+    _check_same_keys(list(states))
+    out: StateDict = {}
+    for k, first in states[0].items():
+        if not first.is_floating_point():
+            out[k] = first.clone()
+            continue
+        w = [torch.as_tensor(ws[k], dtype=torch.float32, device=first.device) for ws in weights]
+        total = sum(w)
+        num = sum(wi * s[k].float() for wi, s in zip(w, states))
+        mean = sum(s[k].float() for s in states) / len(states)
+        out[k] = torch.where(total > eps, num / total.clamp_min(eps), mean).to(first.dtype)
+    return out
+
+
+@dataclass(frozen=True)
+class SoupChoice:
+    """The chosen weights and the scores of every candidate tried (JSON-able ``curve``)."""
+
+    state: StateDict
+    curve: list[dict[str, float]]
+    choice: dict[str, float]
+
+
+def _pick(curve: list[dict[str, float]], forget_target: float) -> int:
+    feasible = [i for i, c in enumerate(curve) if c["forget_acc"] <= forget_target]
+    if feasible:
+        return max(feasible, key=lambda i: (curve[i]["utility"], -i))
+    log.warning("no candidate reaches forget accuracy <= %s; taking the one that forgets most", forget_target)
+    return min(range(len(curve)), key=lambda i: (curve[i]["forget_acc"], -curve[i]["utility"], i))
+
+
+def search_alpha(
+    original: Mapping[str, Tensor],
+    unlearned: Mapping[str, Tensor],
+    score_fn: ScoreFn,
+    grid: Sequence[float],
+    forget_target: float,
+) -> SoupChoice:
+    """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid``; pick the best feasible."""
+    if not grid:
+        raise ValueError("the alpha grid is empty")
+    curve = []
+    for a in grid:
+        utility, forget_acc = score_fn(interpolate(original, unlearned, a))
+        curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
+        log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
+    best = _pick(curve, forget_target)
+    return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
+
+
+def greedy_soup(ingredients: Sequence[Mapping[str, Tensor]], score_fn: ScoreFn, forget_target: float) -> SoupChoice:
+    """Greedy soup (Wortsman et al. 2022): rank ingredients by score, then add each one to the uniform
+    average only if the soup stays feasible and its utility does not drop."""
+    if not ingredients:
+        raise ValueError("greedy soup needs at least one ingredient")
+    scored = [dict(zip(("utility", "forget_acc"), map(float, score_fn(s)))) for s in ingredients]
+    order = sorted(range(len(ingredients)), key=lambda i: (scored[i]["forget_acc"] > forget_target, -scored[i]["utility"], i))
+    chosen = [order[0]]
+    soup, best = dict(ingredients[order[0]]), scored[order[0]]
+    curve = [{"ingredient": float(order[0]), "added": 1.0, **best}]
+    for i in order[1:]:
+        candidate = uniform_soup([ingredients[j] for j in [*chosen, i]])
+        utility, forget_acc = map(float, score_fn(candidate))
+        ok = forget_acc <= max(forget_target, best["forget_acc"]) and utility >= best["utility"]
+        curve.append({"ingredient": float(i), "added": float(ok), "utility": utility, "forget_acc": forget_acc})
+        if ok:
+            chosen.append(i)
+            soup, best = candidate, {"utility": utility, "forget_acc": forget_acc}
+    return SoupChoice({k: v.clone() for k, v in soup.items()}, curve, {"n_ingredients": float(len(chosen)), **best})
