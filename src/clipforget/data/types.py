@@ -46,7 +46,8 @@ class ScenarioSplits:
     - ``heldout``: zero-shot sets never used for training or selection.
     ``target`` and ``retain`` share the scenario's label space (``classnames``, ``templates``);
     ``forget_label`` is the class the forgotten subgroup belongs to in that label space.
-    No image appears in two splits.
+    No image appears in two splits. ``fingerprint`` is a hash of the resolved scenario config and its
+    sources (a cache key; empty when the splits were not built from a config).
     """
 
     name: str
@@ -61,3 +62,4 @@ class ScenarioSplits:
     target: EvalSet
     retain: EvalSet
     heldout: tuple[EvalSet, ...]
+    fingerprint: str = ""

@@ -1,0 +1,396 @@
+"""Scenario YAML -> :class:`ScenarioSplits`: one forgetting task defined with no code.
+
+The format is documented field by field in ``docs/scenarios.md``; the shipped scenarios live in
+``src/clipforget/scenarios/`` and resolve by name (``cifar10-cat``) as well as by path.
+
+The builder draws every set without replacement from one pool of images, so no image is in two sets,
+and seeds each draw from ``(seed, set name, class)`` so the result is deterministic for a seed.
+Test sets are drawn first, then held-out sets, then training and calibration sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from clipforget.config import Config, ConfigError, require
+from clipforget.data.sources import Entry, ImageSource, SourceConfig, open_source
+from clipforget.data.types import EvalSet, Record, ScenarioSplits
+
+Split = Literal["train", "test", "any"]
+
+
+def _check_templates(templates: tuple[str, ...], where: str) -> None:
+    require(bool(templates), f"{where}: give at least one prompt template, e.g. 'a photo of a {{}}.'")
+    for t in templates:
+        require("{}" in t, f"{where}: template {t!r} has no '{{}}' where the class name goes; add one")
+
+
+def _check_nonempty_names(names: tuple[str, ...], where: str) -> None:
+    require(bool(names), f"{where}: the list is empty; name at least one class")
+    require(len(set(names)) == len(names), f"{where}: {list(names)} names a class twice")
+
+
+@dataclass(frozen=True)
+class Selection(Config):
+    """Images of one source: its raw ``classes``, optionally only the raw ``subgroups`` listed."""
+
+    source: str
+    classes: tuple[str, ...]
+    subgroups: tuple[str, ...] = ()
+
+    def check(self, where: str) -> None:
+        _check_nonempty_names(self.classes, f"{where}.classes")
+
+
+@dataclass(frozen=True)
+class Draw(Config):
+    """How many images one set takes (``count`` >= 1), from which ``split`` (``train``, ``test`` or
+    ``any``), keeping only images that carry every flag in ``flags`` (e.g. ``[clean]``)."""
+
+    count: int
+    split: Split
+    flags: tuple[str, ...] = ()
+
+    def check(self, where: str) -> None:
+        require(self.count >= 1, f"{where}.count is {self.count}: an empty set; ask for at least 1 image")
+
+
+@dataclass(frozen=True)
+class GroupConfig(Config):
+    """A subgroup: ``name`` (written into ``Record.subgroup``), its ``label`` in the label space, the
+    images it is drawn from (``select``) and the ``train`` / ``test`` draws."""
+
+    name: str
+    label: str
+    select: Selection
+    train: Draw
+    test: Draw
+
+    def check(self, where: str) -> None:
+        require(bool(self.name), f"{where}: give the subgroup a 'name'")
+        self.select.check(f"{where}.select")
+        self.train.check(f"{where}.train")
+        self.test.check(f"{where}.test")
+
+
+@dataclass(frozen=True)
+class ForgetConfig(GroupConfig):
+    """The subgroup to forget; ``text`` is the forget text paired with its images."""
+
+    text: str = ""
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        require(bool(self.text.strip()), f"{where}.text: give the text paired with the forget images")
+
+
+@dataclass(frozen=True)
+class SampleConfig(Config):
+    """Images per class from one source (calibration and held-out sets).
+
+    ``classes`` are raw class names of ``source``; ``rename`` maps a raw name to the name used in
+    prompts and in ``Record.label`` (unlisted names are kept).
+    """
+
+    source: str
+    classes: tuple[str, ...]
+    per_class: int
+    split: Split
+    flags: tuple[str, ...] = ()
+    rename: dict[str, str] = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        _check_nonempty_names(self.classes, f"{where}.classes")
+        require(self.per_class >= 1, f"{where}.per_class is {self.per_class}: an empty set; ask for at least 1")
+        unknown = sorted(set(self.rename) - set(self.classes))
+        require(not unknown, f"{where}.rename: {unknown} are not among classes {list(self.classes)}")
+        names = [self.rename.get(c, c) for c in self.classes]
+        require(len(set(names)) == len(names), f"{where}.rename: two classes get the same name in {names}")
+
+    def label(self, raw: str) -> str:
+        return self.rename.get(raw, raw)
+
+
+@dataclass(frozen=True)
+class HeldoutConfig(SampleConfig):
+    """A held-out zero-shot set: ``name`` and its ``templates`` (default: the scenario's)."""
+
+    name: str = ""
+    templates: tuple[str, ...] = ()
+
+    def check(self, where: str) -> None:
+        require(bool(self.name), f"{where}: every held-out set needs a 'name'")
+        super().check(f"{where} {self.name!r}")
+        if self.templates:
+            _check_templates(self.templates, f"{where} {self.name!r}.templates")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig(Config):
+    """One forgetting task (see docs/scenarios.md).
+
+    - ``name``, ``seed``: the scenario's name and the seed of every draw (0 is a seed).
+    - ``sources``: image sources by name.
+    - ``classnames`` / ``templates``: the label space and prompts that score Target and Retain.
+    - ``hierarchy``: superclass -> its classes; the forget label and every retained label share one.
+    - ``forget``: the subgroup to forget; ``retain``: the sibling subgroups kept.
+    - ``calibration``: D_m, drawn without any forget-subgroup image.
+    - ``heldout``: zero-shot sets never used for training or selection.
+    """
+
+    name: str
+    seed: int
+    sources: dict[str, SourceConfig]
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    hierarchy: dict[str, tuple[str, ...]]
+    forget: ForgetConfig
+    retain: tuple[GroupConfig, ...]
+    calibration: tuple[SampleConfig, ...]
+    heldout: tuple[HeldoutConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "name: give the scenario a name")
+        require(bool(self.sources), "sources: declare at least one image source")
+        for name, source in self.sources.items():
+            source.check(f"sources.{name}")
+        _check_nonempty_names(self.classnames, "classnames")
+        _check_templates(self.templates, "templates")
+        known = set(self.classnames)
+        seen: dict[str, str] = {}
+        for sup, members in self.hierarchy.items():
+            for m in members:
+                require(m in known, f"hierarchy.{sup}: {m!r} is not in classnames {list(self.classnames)}")
+                require(m not in seen, f"hierarchy: {m!r} is in both {seen.get(m)!r} and {sup!r}; keep one")
+                seen[m] = sup
+        groups = [("forget", self.forget)] + [(f"retain[{i}] {g.name!r}", g) for i, g in enumerate(self.retain)]
+        require(bool(self.retain), "retain: list at least one sibling subgroup to keep")
+        for where, g in groups:
+            g.check(where)
+            require(g.label in known, f"{where}.label: {g.label!r} is not in classnames {list(self.classnames)}")
+        require(
+            self.forget.label in seen,
+            f"forget.label: {self.forget.label!r} is in no superclass of 'hierarchy'; add it to one",
+        )
+        family = seen[self.forget.label]
+        for where, g in groups[1:]:
+            require(
+                seen.get(g.label) == family,
+                f"{where}.label: {g.label!r} is not a sibling of {self.forget.label!r} (superclass "
+                f"{family!r} = {list(self.hierarchy[family])}); retain only siblings",
+            )
+        names = [g.name for _, g in groups]
+        require(len(set(names)) == len(names), f"forget/retain: subgroup names {names} repeat; make them unique")
+        require(bool(self.calibration), "calibration: list at least one calibration sample")
+        for i, c in enumerate(self.calibration):
+            c.check(f"calibration[{i}]")
+        for i, h in enumerate(self.heldout):
+            h.check(f"heldout[{i}]")
+        hnames = [h.name for h in self.heldout]
+        require(len(set(hnames)) == len(hnames), f"heldout: set names {hnames} repeat; make them unique")
+        require(
+            not {"target", "retain"} & set(hnames), "heldout: the names 'target' and 'retain' are reserved"
+        )
+        used = [g.select.source for _, g in groups] + [s.source for s in (*self.calibration, *self.heldout)]
+        for s in used:
+            require(s in self.sources, f"source {s!r} is not declared under 'sources' ({sorted(self.sources)})")
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+def bundled_scenarios() -> list[str]:
+    """Names of the scenarios shipped with the package."""
+    folder = resources.files("clipforget").joinpath("scenarios")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """A scenario file from a path, or from the name of a bundled scenario."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = resources.files("clipforget").joinpath("scenarios", f"{name_or_path}.yaml")
+    if bundled.is_file():
+        return Path(str(bundled))
+    raise ConfigError(
+        f"scenario {str(name_or_path)!r} is neither a file nor a bundled scenario ({bundled_scenarios()})"
+    )
+
+
+def load_scenario_config(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> ScenarioConfig:
+    """A validated :class:`ScenarioConfig` from a path, a bundled name, a mapping or a config.
+
+    Relative source roots resolve against the scenario file's folder (for a mapping: the current one).
+    """
+    if isinstance(spec, ScenarioConfig):
+        return spec
+    if isinstance(spec, Mapping):
+        data, base, where = dict(spec), Path.cwd(), "scenario"
+    else:
+        path = scenario_path(spec)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        require(isinstance(data, Mapping), f"{path}: the top level must be a mapping of fields")
+        base, where = path.resolve().parent, path.name
+    sources = data.get("sources")
+    if isinstance(sources, Mapping):
+        data["sources"] = {n: _resolve_root(s, base) for n, s in sources.items()}
+    return ScenarioConfig.from_dict(data, where=where)
+
+
+def _resolve_root(source: Any, base: Path) -> Any:
+    if isinstance(source, Mapping) and isinstance(source.get("root"), str):
+        root = Path(source["root"]).expanduser()
+        return {**source, "root": str(root if root.is_absolute() else (base / root).resolve())}
+    return source
+
+
+def open_sources(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> dict[str, ImageSource]:
+    """The scenario's image sources by name (cached per process)."""
+    config = load_scenario_config(spec)
+    return {name: open_source(s) for name, s in config.sources.items()}
+
+
+def scenario_fingerprint(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> str:
+    """sha256 of the resolved config and the identity of every source: a cache key for its splits."""
+    config = load_scenario_config(spec)
+    ids = {name: open_source(s).identity() for name, s in config.sources.items()}
+    blob = json.dumps({"config": config.to_dict(), "sources": ids}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --- building -----------------------------------------------------------------------------------
+
+class _Pool:
+    """The scenario's images, indexed by source and raw class; tracks which are already drawn."""
+
+    def __init__(self, config: ScenarioConfig, sources: Mapping[str, ImageSource]):
+        self.sources = sources
+        self.used: dict[tuple[str, str], str] = {}  # (source, key) -> the set that took it
+        self.by_class: dict[str, dict[str, list[Entry]]] = {}
+        for name in config.sources:
+            index: dict[str, list[Entry]] = {}
+            for e in sources[name].entries():
+                index.setdefault(e.classname, []).append(e)
+            self.by_class[name] = index
+
+    def select(self, source: str, classes: tuple[str, ...], subgroups: tuple[str, ...], where: str) -> list[Entry]:
+        index = self.by_class[source]
+        for c in classes:
+            require(c in index, f"{where}: {c!r} is not a class of source {source!r}; its classes: {sorted(index)}")
+        entries = [e for c in classes for e in index[c]]
+        if subgroups:
+            known = {e.subgroup for e in entries}
+            for s in subgroups:
+                require(s in known, f"{where}: subgroup {s!r} is not in {list(classes)} of source {source!r}; "
+                        f"its subgroups: {sorted(known)}")  # fmt: skip
+            entries = [e for e in entries if e.subgroup in subgroups]
+        return entries
+
+    def draw(self, source: str, entries: list[Entry], d: Draw | SampleConfig, count: int, rng_key: str,
+             where: str) -> list[Entry]:  # fmt: skip
+        matching = [
+            e for e in entries
+            if (d.split == "any" or e.split is None or e.split == d.split) and set(d.flags) <= e.flags
+        ]  # fmt: skip
+        require(bool(matching), f"{where}: no image matches (split {d.split!r}, flags {list(d.flags)}); "
+                "check the split and flags")  # fmt: skip
+        free = sorted((e for e in matching if (source, e.key) not in self.used), key=lambda e: e.key)
+        if len(free) < count:
+            taken = sorted({self.used[(source, e.key)] for e in matching if (source, e.key) in self.used})
+            raise ConfigError(
+                f"{where}: asks for {count} images but only {len(free)} are available (split {d.split!r}, "
+                f"flags {list(d.flags)}{'; the rest went to ' + ', '.join(taken) if taken else ''}); "
+                f"lower the count to at most {len(free)}"
+            )
+        chosen = sorted(random.Random(rng_key).sample(free, count), key=lambda e: e.key)
+        for e in chosen:
+            self.used[(source, e.key)] = where
+        return chosen
+
+
+def _check_disjoint(pool: _Pool, config: ScenarioConfig) -> None:
+    """Refuse selections that overlap the forget subgroup or each other (retain groups)."""
+
+    def keys(source: str, entries: list[Entry]) -> set[tuple[str, str]]:
+        return {(source, e.key) for e in entries}
+
+    f = config.forget
+    forget = keys(f.select.source, pool.select(f.select.source, f.select.classes, f.select.subgroups, "forget.select"))
+    seen: dict[str, set[tuple[str, str]]] = {"the forget subgroup": forget}
+    for i, g in enumerate(config.retain):
+        where = f"retain[{i}] {g.name!r}"
+        mine = keys(g.select.source, pool.select(g.select.source, g.select.classes, g.select.subgroups, where))
+        for other, theirs in seen.items():
+            require(not mine & theirs, f"{where}: selects images of {other} (overlapping sets); "
+                    "narrow its classes or subgroups so the sets are disjoint")  # fmt: skip
+        seen[where] = mine
+    for i, s in enumerate(config.calibration):
+        mine = keys(s.source, pool.select(s.source, s.classes, (), f"calibration[{i}]"))
+        require(not mine & forget, f"calibration[{i}]: selects images of the forget subgroup (overlapping sets); "
+                "remove its class from the calibration classes")  # fmt: skip
+
+
+def build_scenario(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> ScenarioSplits:
+    """Build the scenario's splits; deterministic for its seed, no image in two splits."""
+    config = load_scenario_config(spec)
+    pool = _Pool(config, open_sources(config))
+    _check_disjoint(pool, config)
+    seed = config.seed
+
+    def group_records(g: GroupConfig, part: Literal["train", "test"], where: str) -> list[Record]:
+        sel, d = g.select, getattr(g, part)
+        entries = pool.select(sel.source, sel.classes, sel.subgroups, where)
+        chosen = pool.draw(sel.source, entries, d, d.count, f"{seed}:{where}", f"{where}.{part}")
+        return [Record(sel.source, e.key, g.label, g.name) for e in chosen]
+
+    def sample_records(s: SampleConfig, where: str) -> list[Record]:
+        out = []
+        for c in s.classes:
+            entries = pool.select(s.source, (c,), (), where)
+            chosen = pool.draw(s.source, entries, s, s.per_class, f"{seed}:{where}:{c}", f"{where} class {c!r}")
+            out += [Record(s.source, e.key, s.label(c), _subgroup(e, s.label(c))) for e in chosen]
+        return out
+
+    retain_where = [f"retain[{i}] {g.name!r}" for i, g in enumerate(config.retain)]
+    target = group_records(config.forget, "test", "forget")
+    retain = [r for g, w in zip(config.retain, retain_where) for r in group_records(g, "test", w)]
+    heldout = []
+    for h in config.heldout:
+        records = sample_records(h, f"heldout {h.name!r}")
+        names = tuple(h.label(c) for c in h.classes)
+        heldout.append(EvalSet(h.name, tuple(records), names, h.templates or config.templates))
+    forget_train = group_records(config.forget, "train", "forget")
+    retain_train = [r for g, w in zip(config.retain, retain_where) for r in group_records(g, "train", w)]
+    calibration = [r for i, s in enumerate(config.calibration) for r in sample_records(s, f"calibration[{i}]")]
+    return ScenarioSplits(
+        name=config.name,
+        seed=seed,
+        forget_text=config.forget.text,
+        forget_label=config.forget.label,
+        classnames=config.classnames,
+        templates=config.templates,
+        forget_train=tuple(forget_train),
+        retain_train=tuple(retain_train),
+        calibration=tuple(calibration),
+        target=EvalSet("target", tuple(target), config.classnames, config.templates),
+        retain=EvalSet("retain", tuple(retain), config.classnames, config.templates),
+        heldout=tuple(heldout),
+        fingerprint=scenario_fingerprint(config),
+    )
+
+
+def _subgroup(e: Entry, label: str) -> str:
+    """The entry's own subgroup, or the (renamed) label when the source has no finer grouping."""
+    return label if e.subgroup == e.classname else e.subgroup
