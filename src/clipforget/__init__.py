@@ -1,3 +1,12 @@
 """clipforget: make a CLIP model forget one subgroup of images and keep everything else."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The API imports torch and friends: load it on first use, not at package import.
+    if name in ("evaluate", "forget", "bench", "load_model"):
+        from clipforget import api, models
+
+        return getattr(api, name, None) or getattr(models, name)
+    raise AttributeError(name)

@@ -1,0 +1,106 @@
+"""The ``clipforget`` command. ``main(argv)`` takes a list so tests call the real CLI.
+
+Each sub-command parses its flags and calls one function of :mod:`clipforget.api`; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from clipforget.config import ConfigError
+
+log = logging.getLogger("clipforget")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipforget", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="zero-shot Target / Retain / held-out accuracy of a model on a scenario")
+    p.add_argument("--model", required=True, help="model id: openclip:RN50@openai, hf:/dir, testbed, ...")
+    p.add_argument("--scenario", required=True, help="scenario YAML file or bundled scenario name")
+    p.add_argument("--out", help="write the metrics as JSON to this file")
+    _common(p)
+
+    p = sub.add_parser("forget", help="make a model forget a scenario's subgroup; writes a run directory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run)")
+    p.add_argument("--method", default="ours", help="registered method name (default: ours)")
+    p.add_argument("--config", help="method config YAML (default: the method's defaults)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. forget.steps=200 select.top_k=4")
+    _common(p)
+
+    p = sub.add_parser("bench", help="every method on every scenario and seed, resumable; CSV/JSON/Markdown")
+    p.add_argument("--model", default="testbed")
+    p.add_argument("--scenarios", nargs="+", required=True)
+    p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("demo", help="the built-in default: forget on the testbed model, with report")
+    p.add_argument("--out", default="runs/demo")
+    _common(p)
+
+    sub.add_parser("scenarios", help="list the bundled scenarios")
+    sub.add_parser("methods", help="list the registered methods")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from clipforget import api
+
+    try:
+        if args.command == "eval":
+            metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
+            text = json.dumps(metrics.to_dict(), indent=2)
+            print(api.format_metrics(metrics))
+            if args.out:
+                from clipforget.io import atomic_write_text
+
+                atomic_write_text(args.out, text + "\n")
+        elif args.command == "forget":
+            result = api.forget(
+                args.model, args.scenario, out=args.out, method=args.method, config=args.config,
+                overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
+            )
+            print(f"report: {result.run_dir / 'report.md'}")
+        elif args.command == "bench":
+            table = api.bench(
+                args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
+                device=args.device, batch_size=args.batch_size,
+            )
+            print(table)
+        elif args.command == "demo":
+            result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
+            print(f"report: {result.run_dir / 'report.md'}")
+        elif args.command == "scenarios":
+            print("\n".join(api.list_scenarios()))
+        elif args.command == "methods":
+            print("\n".join(api.list_methods()))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Honest evaluation: one function scores any model on a scenario's Target, Retain and held-out sets.
+
+Images arrive already preprocessed (:class:`ScenarioImages`, built once per preprocessing by
+:func:`clipforget.api.load_scenario_images`), so evaluating the original, the unlearned and every
+souping candidate costs forward passes only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clipforget.data.types import EvalSet, ScenarioSplits
+from clipforget.metrics import ScenarioMetrics
+from clipforget.models.base import DualEncoder
+from clipforget.zeroshot import ZeroShotAccuracy, build_zero_shot_classifier, compute_image_embeddings, zero_shot_accuracy
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Preprocessed images (N, C, H, W) and their class indices into ``classnames``."""
+
+    images: Tensor
+    labels: Tensor
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+
+def label_indices(eval_set: EvalSet) -> Tensor:
+    index = {c: i for i, c in enumerate(eval_set.classnames)}
+    unknown = sorted({r.label for r in eval_set.records} - set(index))
+    if unknown:
+        raise ValueError(f"eval set {eval_set.name!r}: labels {unknown} are not among its class names")
+    return torch.tensor([index[r.label] for r in eval_set.records], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class ScenarioImages:
+    """Every split of a scenario as preprocessed tensors for one model's preprocessing."""
+
+    forget_train: Tensor
+    retain_train: LabelledImages
+    calibration: LabelledImages
+    target: LabelledImages
+    retain: LabelledImages
+    heldout: Mapping[str, LabelledImages]
+
+
+@torch.no_grad()
+def evaluate_images(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64,
+                    classifier: Tensor | None = None) -> ZeroShotAccuracy:
+    """Zero-shot accuracy of ``model`` on ``data`` (classifier built from its class names x templates)."""
+    device = model.device
+    if classifier is None:
+        classifier = build_zero_shot_classifier(model, data.classnames, data.templates, device=device, batch_size=batch_size)
+    emb = compute_image_embeddings(model, data.images, device=device, batch_size=batch_size, progress=False)
+    logits = emb.to(classifier.device) @ classifier
+    return zero_shot_accuracy(logits.cpu(), data.labels, len(data.classnames))
+
+
+@torch.no_grad()
+def evaluate(model: DualEncoder, splits: ScenarioSplits, images: ScenarioImages, *, batch_size: int = 64) -> ScenarioMetrics:
+    """Target, Retain (the scenario's label space) and each held-out set: zero-shot top-1 in %."""
+    was_training = model.training
+    model.eval()
+    try:
+        classifier = build_zero_shot_classifier(model, splits.classnames, splits.templates, batch_size=batch_size)
+        target = evaluate_images(model, images.target, batch_size=batch_size, classifier=classifier)
+        retain = evaluate_images(model, images.retain, batch_size=batch_size, classifier=classifier)
+        heldout = {name: evaluate_images(model, data, batch_size=batch_size) for name, data in images.heldout.items()}
+    finally:
+        model.train(was_training)
+    details = {
+        "target": target.to_dict(),
+        "retain": retain.to_dict(),
+        **{f"heldout/{k}": v.to_dict() for k, v in heldout.items()},
+    }
+    return ScenarioMetrics(target.top1, retain.top1, {k: v.top1 for k, v in heldout.items()}, details)

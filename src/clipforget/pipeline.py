@@ -1,0 +1,227 @@
+"""Application layer: scenario files -> tensors -> a registered method -> a self-describing run directory.
+
+Run directory layout (every file written atomically)::
+
+    config.yaml        resolved run config (model, scenario, method, method config, seed, device)
+    scenario.yaml      the resolved scenario
+    run.json           versions, git commit, seed, device, wall time of each stage, status
+    stages/            finished stages (the resume points): <stage>.safetensors + <stage>.json
+    metrics.json       original and unlearned metrics and the paper's Score
+    events.jsonl       one JSON line per finished stage
+    fisher.json, alpha_curve.json   diagnostics, when the method has those stages
+    model/             the unlearned weights in the backend's own layout
+    report.md, plots/  generated from the JSON files
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from clipforget.config import Config, ConfigError
+from clipforget.data import ScenarioSplits, build_scenario, load_images, load_scenario_config, open_sources
+from clipforget.evaluation import LabelledImages, ScenarioImages, evaluate, label_indices
+from clipforget.io import append_jsonl, atomic_save_safetensors, atomic_write_json, atomic_write_text
+from clipforget.methods import get_method
+from clipforget.methods.base import MethodResult, UnlearnData
+from clipforget.metrics import ScenarioMetrics, paper_score
+from clipforget.models import DualEncoder, ModelSpec, load_model
+from clipforget.report import write_report
+from clipforget.runinfo import Timer, git_commit, package_versions
+
+log = logging.getLogger(__name__)
+
+
+# -- scenario -> tensors -------------------------------------------------------------------------
+def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], preprocess, *, batch_size: int = 64) -> ScenarioImages:
+    """Every split of ``splits`` as tensors preprocessed for one model."""
+
+    def labelled(records, classnames, templates, desc) -> LabelledImages:
+        index = {c: i for i, c in enumerate(classnames)}
+        labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
+        return LabelledImages(load_images(records, sources, preprocess, batch_size=batch_size, desc=desc), labels,
+                              tuple(classnames), tuple(templates))
+
+    def eval_set(s) -> LabelledImages:
+        return LabelledImages(load_images(s.records, sources, preprocess, batch_size=batch_size, desc=s.name),
+                              label_indices(s), s.classnames, s.templates)
+
+    calib_names = list(splits.classnames) + sorted({r.label for r in splits.calibration} - set(splits.classnames))
+    return ScenarioImages(
+        forget_train=load_images(splits.forget_train, sources, preprocess, batch_size=batch_size, desc="forget set"),
+        retain_train=labelled(splits.retain_train, splits.classnames, splits.templates, "retain set"),
+        calibration=labelled(splits.calibration, calib_names, splits.templates, "calibration set"),
+        target=eval_set(splits.target),
+        retain=eval_set(splits.retain),
+        heldout={s.name: eval_set(s) for s in splits.heldout},
+    )
+
+
+def unlearn_data(splits: ScenarioSplits, images: ScenarioImages) -> UnlearnData:
+    """What a method may see: D_f, D_r and D_m (never the test or held-out images)."""
+    return UnlearnData(
+        forget_images=images.forget_train,
+        forget_text=splits.forget_text,
+        retain_images=images.retain_train.images,
+        retain_labels=images.retain_train.labels,
+        classnames=splits.classnames,
+        templates=splits.templates,
+        forget_label=splits.classnames.index(splits.forget_label),
+        calibration_images=images.calibration.images,
+        calibration_labels=images.calibration.labels,
+        calibration_classnames=images.calibration.classnames,
+    )
+
+
+# -- the disk-backed stage store ------------------------------------------------------------------
+class DiskStore:
+    """:class:`clipforget.methods.base.StageStore` on disk: ``<dir>/<stage>.safetensors`` + ``.json``.
+
+    The JSON is written last, so a stage counts as finished only when both files are complete.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def load(self, stage: str) -> dict[str, Any] | None:
+        meta = self.directory / f"{stage}.json"
+        if not meta.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        tensors = self.directory / f"{stage}.safetensors"
+        state = load_file(tensors) if tensors.is_file() else {}
+        log.info("resuming: stage %r already finished, loaded from %s", stage, self.directory)
+        return {"state": state, "info": json.loads(meta.read_text())}
+
+    def save(self, stage: str, payload: dict[str, Any]) -> None:
+        if payload.get("state"):
+            atomic_save_safetensors(payload["state"], self.directory / f"{stage}.safetensors")
+        atomic_write_json(self.directory / f"{stage}.json", payload.get("info", {}))
+
+
+# -- one run ------------------------------------------------------------------------------------
+@dataclass
+class ForgetResult:
+    run_dir: Path
+    model: DualEncoder
+    original: ScenarioMetrics
+    unlearned: ScenarioMetrics
+    score: float
+
+
+def resolve_method_config(method_name: str, config: str | Path | Mapping[str, Any] | Config | None,
+                          overrides: Sequence[str] = ()) -> Config:
+    method = get_method(method_name)
+    if config is None:
+        cfg = method.config_class()
+    elif isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = method.config_class.from_dict(config)
+    else:
+        cfg = method.config_class.from_yaml(config)
+    return cfg.with_overrides(list(overrides)) if overrides else cfg
+
+
+def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
+    weights = ModelSpec.parse(model_id).weights or ""
+    for p in (model_id.partition(":")[2], weights):
+        if p and Path(p).exists() and Path(p).resolve() in (out.resolve(), *out.resolve().parents):
+            raise ConfigError(f"--out {out} would write inside the input checkpoint {p}; choose another directory")
+    cfg_file = out / "config.yaml"
+    if cfg_file.is_file():
+        previous = yaml.safe_load(cfg_file.read_text())
+        if previous != resolved:
+            raise ConfigError(
+                f"{out} holds a different run (its config.yaml differs); choose another --out or remove it"
+            )
+
+
+def run_forget(
+    model_id: str,
+    scenario: str | Path,
+    out: str | Path,
+    *,
+    method: str = "ours",
+    config: str | Path | Mapping[str, Any] | Config | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+    model: DualEncoder | None = None,
+) -> ForgetResult:
+    """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs."""
+    out = Path(out)
+    timer = Timer()
+    scenario_cfg = load_scenario_config(scenario)
+    method_cfg = resolve_method_config(method, config, overrides)
+    resolved = {"model": model_id, "scenario": scenario_cfg.name, "method": method,
+                "method_config": method_cfg.to_dict(), "seed": seed, "device": device}
+    _check_out_dir(out, model_id, resolved)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(out / "scenario.yaml", scenario_cfg.to_yaml())
+    started = time.time()
+    info = {"model": model_id, "scenario": scenario_cfg.name, "method": method, "seed": seed, "device": device,
+            "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
+    atomic_write_json(out / "run.json", info)
+
+    torch.manual_seed(seed)
+    with timer("load"):
+        original = (model or load_model(model_id, device=device)).eval()
+        splits = build_scenario(scenario_cfg)
+        images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
+    with timer("evaluate_original"):
+        original_metrics = _cached_metrics(out / "stages" / "original_metrics.json",
+                                           lambda: evaluate(original, splits, images, batch_size=batch_size))
+    with timer("method"):
+        result: MethodResult = get_method(method).run(
+            original, unlearn_data(splits, images), method_cfg, store=DiskStore(out / "stages"), seed=seed
+        )
+    for stage, diag in result.diagnostics.items():
+        append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
+    with timer("evaluate_unlearned"):
+        unlearned_metrics = evaluate(result.model, splits, images, batch_size=batch_size)
+    score = paper_score(unlearned_metrics, original_metrics)
+    _write_diagnostics(out, result.diagnostics)
+    atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
+                                             "unlearned": unlearned_metrics.to_dict(), "score": score})
+    with timer("save"):
+        result.model.save(out / "model")
+    info.update(status="finished", timings={**timer.seconds, **_stage_times(result.diagnostics)},
+                wall_seconds=time.time() - started)
+    atomic_write_json(out / "run.json", info)
+    write_report(out)
+    log.info("Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", original_metrics.target,
+             unlearned_metrics.target, original_metrics.retain, unlearned_metrics.retain, score)
+    return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score)
+
+
+def _cached_metrics(path: Path, compute) -> ScenarioMetrics:
+    if path.is_file():
+        return ScenarioMetrics.from_dict(json.loads(path.read_text()))
+    metrics = compute()
+    atomic_write_json(path, metrics.to_dict())
+    return metrics
+
+
+def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {f"stage/{k}": float(v["seconds"]) for k, v in diagnostics.items() if isinstance(v.get("seconds"), (int, float))}
+
+
+def _write_diagnostics(out: Path, diagnostics: Mapping[str, Mapping[str, Any]]) -> None:
+    select = diagnostics.get("select", {})
+    if "scores" in select:
+        atomic_write_json(out / "fisher.json", {"scores": select["scores"], "selected": select.get("selected", [])})
+    restore = diagnostics.get("restore", {})
+    if "curve" in restore:
+        atomic_write_json(out / "alpha_curve.json", {"curve": restore["curve"], "chosen": restore.get("alpha")})
