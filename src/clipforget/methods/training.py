@@ -121,7 +121,7 @@ def train_loop(
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
                 f"{desc}: the loss became {loss.item()} at step {step} "
-                f"(terms: { {k: float(v) for k, v in terms.items()} }); lower the learning rate "
+                f"(terms: { {k: float(v.detach()) for k, v in terms.items()} }); lower the learning rate "
                 f"(now {config.lr}) or check the inputs for NaN"
             )
         optimizer.zero_grad(set_to_none=True)

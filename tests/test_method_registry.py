@@ -1,0 +1,103 @@
+"""Every registered method, run end to end through the one interface on tiny random models."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from clipforget.config import Config
+from clipforget.methods import InMemoryStore, Method, MethodResult, get_method, list_methods, register_method
+from clipforget.methods.base import unregister_method
+from clipforget.models import load_model
+from test_method_stages import make_data, one_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture
+def model(tiny_model_id):
+    torch.manual_seed(0)
+    return load_model(tiny_model_id)
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; known methods: .*ours"):
+        get_method("nope")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("ours", type(get_method("ours")))
+
+    class Dummy(Method):
+        config_class = Config
+
+        def run(self, model, data, config, *, store=None, seed=0, score_fn=None) -> MethodResult:
+            return MethodResult(model)
+
+    register_method("dummy-test")(Dummy)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_method("dummy-test", Dummy)
+        assert isinstance(get_method("dummy-test"), Dummy)
+    finally:
+        unregister_method("dummy-test")
+
+
+def run(name, model, seed=0, store=None):
+    method = get_method(name)
+    return method.run(model, make_data(), method.smoke_config(), seed=seed, store=store)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_unlearns_into_the_same_architecture_and_leaves_the_input_alone(name, model):
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    result = run(name, model)
+    after = result.model.model.state_dict()
+    assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
+    assert all(torch.equal(v, model.model.state_dict()[k]) for k, v in before.items())
+    assert result.model is not model and result.diagnostics
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_same_seed_gives_bit_identical_runs(name, tiny_model_id):
+    def fresh():
+        torch.manual_seed(0)
+        return load_model(tiny_model_id)
+
+    a, b = run(name, fresh(), seed=3), run(name, fresh(), seed=3)
+    sa, sb = a.model.model.state_dict(), b.model.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.diagnostics == b.diagnostics
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_resume_from_the_store_skips_finished_stages(name, model, monkeypatch):
+    store = InMemoryStore()
+    first = run(name, model, store=store)
+    assert store.payloads, "a method must save its finished stages"
+    saved = list(store.payloads)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for module_name, module in list(sys.modules.items()):  # every stage's work goes through these
+        if module_name.startswith("clipforget.methods"):
+            for fn in ("train_loop", "fisher_scores", "make_score_fn", "search_alpha", "greedy_soup"):
+                if hasattr(module, fn):
+                    monkeypatch.setattr(module, fn, no_work)
+    second = run(name, model, store=store)
+    s1, s2 = first.model.model.state_dict(), second.model.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert list(store.payloads) == saved
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
+    full = run("ours", model)
+    store = InMemoryStore()
+    run("ours", model, store=store)
+    for stage in ("remind", "restore"):  # as if killed after the forget stage
+        store.payloads.pop(stage)
+    resumed = run("ours", model, store=store)
+    sf, sr = full.model.model.state_dict(), resumed.model.model.state_dict()
+    assert all(torch.equal(sf[k], sr[k]) for k in sf)

@@ -1,0 +1,65 @@
+"""Weight-space operations of the restore stage: pure functions on state dicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipforget.methods.souping import greedy_soup, interpolate, search_alpha, weighted_soup
+
+
+def states(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g), "n": torch.tensor(5)}
+    b = {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g), "n": torch.tensor(7)}
+    return a, b
+
+
+def test_interpolate_endpoints_are_exact_and_midpoint_is_the_mean():
+    orig, unl = states()
+    for k, v in interpolate(orig, unl, 0.0).items():
+        assert torch.equal(v, orig[k])
+    for k, v in interpolate(orig, unl, 1.0).items():
+        assert torch.equal(v, unl[k])
+    mid = interpolate(orig, unl, 0.5)
+    assert torch.allclose(mid["w"], (orig["w"] + unl["w"]) / 2)
+    assert mid["n"].dtype == torch.int64
+
+
+def test_interpolate_rejects_mismatched_state_dicts():
+    orig, unl = states()
+    with pytest.raises(KeyError, match="differ in keys"):
+        interpolate(orig, {k: v for k, v in unl.items() if k != "b"}, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        interpolate(orig, {**unl, "w": torch.zeros(4, 3)}, 0.5)
+
+
+def test_search_alpha_picks_the_best_feasible_alpha():
+    orig, unl = states()
+    # utility falls with alpha, forget accuracy too: the smallest feasible alpha wins
+    def score(sd):
+        alpha = float(((sd["w"] - orig["w"]) / (unl["w"] - orig["w"])).mean())
+        return 1 - alpha, 1 - alpha
+
+    choice = search_alpha(orig, unl, score, [0.0, 0.25, 0.5, 0.75, 1.0], forget_target=0.3)
+    assert choice.choice["alpha"] == 0.75 and len(choice.curve) == 5
+    assert torch.allclose(choice.state["w"], interpolate(orig, unl, 0.75)["w"])
+    none_feasible = search_alpha(orig, unl, score, [0.0, 0.5], forget_target=0.1)
+    assert none_feasible.choice["alpha"] == 0.5  # the one that forgets most
+
+
+def test_weighted_soup_follows_the_weights():
+    orig, unl = states()
+    soup = weighted_soup([orig, unl], [{"w": 1.0, "b": 0.0, "n": 1.0}, {"w": 0.0, "b": 1.0, "n": 1.0}])
+    assert torch.equal(soup["w"], orig["w"]) and torch.equal(soup["b"], unl["b"])
+
+
+def test_greedy_soup_adds_only_ingredients_that_help():
+    a, b = states()
+    bad = {k: v * 100 if v.is_floating_point() else v for k, v in a.items()}
+
+    def score(sd):
+        return -float((sd["w"] - a["w"]).abs().mean()), 0.0
+
+    choice = greedy_soup([bad, a, b], score, forget_target=0.0)
+    assert torch.equal(choice.state["w"], a["w"]) and choice.choice["n_ingredients"] == 1

@@ -1,0 +1,157 @@
+"""The stages of the paper's method, one at a time, on tiny random models of every backend."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clipforget.methods import NonFiniteLossError, TrainConfig, UnlearnData, train_loop
+from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.align import AlignConfig, align_images, norm_targets, record_stats, stats_distance
+from clipforget.methods.base import clone_model
+from clipforget.methods.fisher import SelectConfig, candidate_layers, fisher_scores, top_layers
+from clipforget.methods.forget import ForgetConfig, forget_progress, forget_stage
+from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
+from clipforget.models import DualEncoder, load_model
+
+
+def make_data(seed: int = 0, n: int = 6, size: int = 32) -> UnlearnData:
+    g = torch.Generator().manual_seed(seed)
+    return UnlearnData(
+        forget_images=torch.randn(n, 3, size, size, generator=g),
+        forget_text="a photo of a marmoset",
+        retain_images=torch.randn(n + 2, 3, size, size, generator=g),
+        retain_labels=torch.arange(n + 2) % 3 + 1,
+        classnames=("monkey", "cat", "dog", "bird"),
+        templates=("a photo of a {}.", "a {}."),
+        forget_label=0,
+        calibration_images=torch.randn(n, 3, size, size, generator=g),
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model(tiny_model_id) -> DualEncoder:
+    torch.manual_seed(0)  # random-initialised tiny models: the same weights every time
+    return load_model(tiny_model_id)
+
+
+def changed_keys(before: dict, after: dict) -> set[str]:
+    assert list(before) == list(after)
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_fisher_scores_every_candidate_and_top_k_is_deterministic(model):
+    data = make_data()
+    config = SelectConfig(top_k=3, max_samples=3)
+    layers = candidate_layers(model, config)
+    scores = fisher_scores(model, data, layers, config, torch.Generator().manual_seed(0))
+    assert set(scores.relative) == set(layers) and all(v >= 0 and math.isfinite(v) for v in scores.forget.values())
+    assert any(v > 0 for v in scores.forget.values())
+    chosen = top_layers(scores.relative, 3)
+    assert len(chosen) == 3 and min(scores.relative[c] for c in chosen) >= sorted(scores.relative.values())[-3]
+    text_only = candidate_layers(model, SelectConfig(towers=("text",), exclude=(r"ln",)))
+    assert all(model.tower_of(p) == "text" for ps in text_only.values() for p in ps)
+    assert not any("ln" in name for name in text_only)
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_forget_changes_only_the_selected_layers_and_lowers_similarity(model, use_lora):
+    data = make_data()
+    layers = model.layers()
+    # one image-tower and one text-tower matrix layer, whatever the backend calls them
+    picks = [next(n for n, ps in layers.items() if model.tower_of(ps[0]) == t and any(p.endswith("weight") for p in ps)) for t in ("image", "text")]
+    params = [p for n in picks for p in layers[n]]
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    start = forget_progress(model, data)["forget_similarity"]
+    config = ForgetConfig(train=TrainConfig(steps=8, lr=1e-2, batch_size=4, check_every=4), delta=-1.0)
+    info = forget_stage(model, data, params, config, AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=use_lora)
+    changed = changed_keys(before, model.model.state_dict())
+    assert changed and changed <= set(params)
+    assert info["final"]["forget_similarity"] < start
+    assert info["steps_run"] == 8 and not info["stopped_early"]
+
+
+def test_forget_stops_once_below_delta(model):
+    data = make_data()
+    params = model.layers()[next(iter(model.layers()))]
+    config = ForgetConfig(train=TrainConfig(steps=50, check_every=1), delta=1.0)  # already below
+    info = forget_stage(model, data, params, config, AdapterConfig(), torch.Generator().manual_seed(0))
+    assert info["stopped_early"] and info["steps_run"] == 0
+
+
+def test_adapters_merge_back_to_the_original_names_and_shapes(model):
+    """LoRA on every kind of layer (conv, linear, attention, embedding, bare matrices) merges cleanly."""
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
+    cls = type(model.model)
+    names = sorted(p for ps in model.layers().values() for p in ps)
+    with tuning(model.model, names, AdapterConfig(rank=2), torch.Generator().manual_seed(0)) as params:
+        assert any(p.ndim == 2 for p in params)
+        model.encode_image(torch.randn(2, 3, 32, 32)).sum().backward()
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.01)
+    after = model.model.state_dict()
+    assert list(after) == list(before) and all(after[k].shape == before[k].shape for k in before)
+    assert changed_keys(before, after) and {n: p.requires_grad for n, p in model.model.named_parameters()} == flags
+    assert type(model.model) is cls and not any(type(m).__name__.startswith("Parametrized") for m in model.model.modules())
+
+
+def test_remind_moves_retain_logits_toward_the_teacher(model):
+    data = make_data()
+    teacher = model
+    student = clone_model(model)
+    params = [p for n, ps in model.layers(("image",)).items() for p in ps][-6:]
+    forget = ForgetConfig(train=TrainConfig(steps=6, lr=5e-2, batch_size=4), delta=-1.0)
+    forget_stage(student, data, params, forget, AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=False)
+    gap_before = distillation_gap(student, teacher, data.retain_images, data)
+    assert gap_before > 0
+    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), forget_weight=0.0, use_calibration=False)
+    info = remind_stage(student, teacher, data, data.retain_images, params, distill, forget, AdapterConfig(rank=2),
+                        torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
+    assert distillation_gap(student, teacher, data.retain_images, data) < gap_before
+    assert set(info["curves"]) == {"loss", "kd", "embed"}
+
+
+def test_alignment_reduces_the_statistics_distance_within_the_bound(model):
+    data = make_data()
+    targets = norm_targets(model, data.calibration_images)
+    images = data.retain_images + 1.0  # shifted away from the calibration statistics
+    config = AlignConfig(train=TrainConfig(steps=10, lr=0.1, batch_size=16, grad_clip=None), epsilon=0.5)
+
+    def distance(x):
+        with torch.no_grad(), record_stats(model) as stats:
+            model.encode_image(x)
+            return float(stats_distance(stats, targets))
+
+    aligned, info = align_images(model, images, targets, config, torch.Generator().manual_seed(0))
+    assert distance(aligned) < distance(images)
+    assert (aligned - images).abs().max() <= 0.5 + 1e-6
+
+
+def test_nan_loss_raises_a_clear_error():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 3.*lower the learning rate"):
+        train_loop([w], lambda step: {"loss": w.sum() * (float("nan") if step == 3 else 1.0)}, TrainConfig(steps=10), desc="t")
+
+
+def test_train_loop_ema_lags_the_raw_weights():
+    def train(ema_decay):
+        w = torch.nn.Parameter(torch.zeros(1))
+        config = TrainConfig(steps=4, lr=1.0, optimizer="sgd", grad_clip=None, ema_decay=ema_decay)
+        log = train_loop([w], lambda step: {"loss": -w.sum()}, config)
+        assert log.steps_run == 4
+        return float(w.detach())
+
+    assert 0 < train(0.5) < train(None)
