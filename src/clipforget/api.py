@@ -34,6 +34,13 @@ def forget(model: str, scenario: str | Path, *, out: str | Path, method: str = "
     return run_forget(model, scenario, out, method=method, **kwargs)
 
 
+def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), **kwargs) -> str:
+    """Every method on every scenario and seed (resumable); returns the Markdown table."""
+    from clipforget.bench import run_bench
+
+    return run_bench(model, scenarios, out=out, methods=methods, seeds=seeds, **kwargs)
+
+
 def format_metrics(metrics: ScenarioMetrics) -> str:
     lines = [f"Target  {metrics.target:5.1f}", f"Retain  {metrics.retain:5.1f}"]
     lines += [f"{name:<7} {acc:5.1f}  (held out)" for name, acc in metrics.heldout.items()]

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from clipforget.config import Config, ConfigError
-from clipforget.data import ScenarioSplits, build_scenario, load_images, load_scenario_config, open_sources
+from clipforget.data import ScenarioConfig, ScenarioSplits, build_scenario, load_images, load_scenario_config, open_sources
 from clipforget.evaluation import LabelledImages, ScenarioImages, evaluate, label_indices
 from clipforget.io import append_jsonl, atomic_save_safetensors, atomic_write_json, atomic_write_text
 from clipforget.methods import get_method
@@ -146,6 +146,31 @@ def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
             )
 
 
+@dataclass
+class Prepared:
+    """A model and a scenario loaded once, so several methods and seeds can share them."""
+
+    model_id: str
+    model: DualEncoder
+    scenario: ScenarioConfig
+    splits: ScenarioSplits
+    images: ScenarioImages
+    original_metrics: ScenarioMetrics
+    load_seconds: float
+
+
+def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
+            model: DualEncoder | None = None) -> Prepared:
+    """Load the model, build the scenario's splits, preprocess every image, score the original model."""
+    start = time.perf_counter()
+    scenario_cfg = load_scenario_config(scenario)
+    original = (model or load_model(model_id, device=device)).eval()
+    splits = build_scenario(scenario_cfg)
+    images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
+    metrics = evaluate(original, splits, images, batch_size=batch_size)
+    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start)
+
+
 def run_forget(
     model_id: str,
     scenario: str | Path,
@@ -160,58 +185,53 @@ def run_forget(
     model: DualEncoder | None = None,
 ) -> ForgetResult:
     """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs."""
+    method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
+    prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model)
+    return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device, batch_size=batch_size)
+
+
+def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
+               device: str = "cpu", batch_size: int = 64) -> ForgetResult:
+    """Run one registered method on a prepared scenario into the run directory ``out``."""
     out = Path(out)
     timer = Timer()
-    scenario_cfg = load_scenario_config(scenario)
-    method_cfg = resolve_method_config(method, config, overrides)
-    resolved = {"model": model_id, "scenario": scenario_cfg.name, "method": method,
-                "method_config": method_cfg.to_dict(), "seed": seed, "device": device}
-    _check_out_dir(out, model_id, resolved)
+    timer.seconds["load"] = prepared.load_seconds
+    resolved = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
+                "method_config": config.to_dict(), "seed": seed, "device": device}
+    _check_out_dir(out, prepared.model_id, resolved)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    atomic_write_text(out / "scenario.yaml", scenario_cfg.to_yaml())
+    atomic_write_text(out / "scenario.yaml", prepared.scenario.to_yaml())
     started = time.time()
-    info = {"model": model_id, "scenario": scenario_cfg.name, "method": method, "seed": seed, "device": device,
-            "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
+    info = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method, "seed": seed,
+            "device": device, "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
     atomic_write_json(out / "run.json", info)
 
     torch.manual_seed(seed)
-    with timer("load"):
-        original = (model or load_model(model_id, device=device)).eval()
-        splits = build_scenario(scenario_cfg)
-        images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
-    with timer("evaluate_original"):
-        original_metrics = _cached_metrics(out / "stages" / "original_metrics.json",
-                                           lambda: evaluate(original, splits, images, batch_size=batch_size))
+    original_metrics = prepared.original_metrics
     with timer("method"):
         result: MethodResult = get_method(method).run(
-            original, unlearn_data(splits, images), method_cfg, store=DiskStore(out / "stages"), seed=seed
+            prepared.model, unlearn_data(prepared.splits, prepared.images), config,
+            store=DiskStore(out / "stages"), seed=seed,
         )
     for stage, diag in result.diagnostics.items():
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
     with timer("evaluate_unlearned"):
-        unlearned_metrics = evaluate(result.model, splits, images, batch_size=batch_size)
+        unlearned_metrics = evaluate(result.model, prepared.splits, prepared.images, batch_size=batch_size)
     score = paper_score(unlearned_metrics, original_metrics)
     _write_diagnostics(out, result.diagnostics)
-    atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
-                                             "unlearned": unlearned_metrics.to_dict(), "score": score})
     with timer("save"):
         result.model.save(out / "model")
+    atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
+                                             "unlearned": unlearned_metrics.to_dict(), "score": score})
     info.update(status="finished", timings={**timer.seconds, **_stage_times(result.diagnostics)},
                 wall_seconds=time.time() - started)
     atomic_write_json(out / "run.json", info)
     write_report(out)
-    log.info("Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", original_metrics.target,
-             unlearned_metrics.target, original_metrics.retain, unlearned_metrics.retain, score)
+    log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
+             prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
+             original_metrics.retain, unlearned_metrics.retain, score)
     return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score)
-
-
-def _cached_metrics(path: Path, compute) -> ScenarioMetrics:
-    if path.is_file():
-        return ScenarioMetrics.from_dict(json.loads(path.read_text()))
-    metrics = compute()
-    atomic_write_json(path, metrics.to_dict())
-    return metrics
 
 
 def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
@@ -219,9 +239,11 @@ def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
 
 
 def _write_diagnostics(out: Path, diagnostics: Mapping[str, Mapping[str, Any]]) -> None:
+    """fisher.json (per-layer scores, the tuned layers) and alpha_curve.json, for the report."""
     select = diagnostics.get("select", {})
     if "scores" in select:
-        atomic_write_json(out / "fisher.json", {"scores": select["scores"], "selected": select.get("selected", [])})
+        scores = select["scores"]
+        atomic_write_json(out / "fisher.json", {**scores, "selected": select.get("layers", [])})
     restore = diagnostics.get("restore", {})
-    if "curve" in restore:
-        atomic_write_json(out / "alpha_curve.json", {"curve": restore["curve"], "chosen": restore.get("alpha")})
+    if restore.get("curve"):
+        atomic_write_json(out / "alpha_curve.json", {"curve": restore["curve"], "chosen": restore.get("choice", {}).get("alpha")})

@@ -79,8 +79,8 @@ def plot_alpha(curve: Sequence[Mapping[str, float]], chosen: float | None, path:
 
     alphas = [p["alpha"] for p in curve]
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
-    ax.plot(alphas, [p["utility"] for p in curve], "o-", label="calibration utility")
-    ax.plot(alphas, [p["forget_acc"] for p in curve], "s-", label="forget accuracy")
+    ax.plot(alphas, [100 * p["utility"] for p in curve], "o-", label="calibration accuracy")
+    ax.plot(alphas, [100 * p["forget_acc"] for p in curve], "s-", label="forget-set accuracy")
     if chosen is not None:
         ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen α={chosen:g}")
     ax.set_xlabel("α (0 = original, 1 = unlearned)")
@@ -111,10 +111,12 @@ def write_report(run_dir: str | Path) -> Path:
     fisher_path = run_dir / "fisher.json"
     if fisher_path.exists():
         fisher = json.loads(fisher_path.read_text())
-        plot_fisher(fisher["scores"], fisher["selected"], plots / "fisher.png")
+        relative = fisher["relative"]
+        plot_fisher(relative, fisher["selected"], plots / "fisher.png")
         out += ["## Layers chosen by relative Fisher information", ""]
-        out += [f"{len(fisher['selected'])} of {len(fisher['scores'])} candidate layers tuned:", ""]
-        out += [f"- `{n}`: {fisher['scores'][n]:.3g}" for n in fisher["selected"]]
+        out += [f"{len(fisher['selected'])} of {len(relative)} candidate layers tuned "
+                "(relative Fisher = F(forget) / F(retain)):", ""]
+        out += [f"- `{n}`: {relative[n]:.3g}" for n in fisher["selected"]]
         out += ["", "![fisher](plots/fisher.png)", ""]
     alpha_path = run_dir / "alpha_curve.json"
     if alpha_path.exists():

@@ -1,0 +1,122 @@
+"""The benchmark runner: every method on every scenario and seed, same splits, same evaluation.
+
+Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
+by :func:`clipforget.pipeline.run_method`), ``results.csv``, ``results.json`` and ``table.md``.
+A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from clipforget.io import atomic_write_json, atomic_write_text
+from clipforget.methods import get_method, list_methods
+
+log = logging.getLogger(__name__)
+
+
+def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
+    return out / "runs" / scenario / method / f"seed{seed}"
+
+
+def run_bench(
+    model_id: str,
+    scenarios: Sequence[str],
+    *,
+    out: str | Path,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    configs: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> str:
+    """Run the grid and return the Markdown table. ``configs`` maps a method to its config (or YAML)."""
+    from clipforget.data import load_scenario_config
+    from clipforget.pipeline import prepare, resolve_method_config, run_method
+
+    out = Path(out)
+    methods = list(methods or list_methods())
+    for m in methods:
+        get_method(m)  # an unknown name fails before any work
+    resolved = {m: resolve_method_config(m, (configs or {}).get(m)) for m in methods}
+    for scenario in scenarios:
+        name = load_scenario_config(scenario).name
+        todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
+        if not todo:
+            log.info("%s: every cell already finished", name)
+            continue
+        prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+        for m, s in todo:
+            log.info("bench cell: %s / %s / seed %d", name, m, s)
+            run_method(prepared, cell_dir(out, name, m, s), method=m, config=resolved[m], seed=s,
+                       device=device, batch_size=batch_size)
+    rows = collect(out)
+    write_tables(out, rows)
+    return (out / "table.md").read_text()
+
+
+def collect(out: str | Path) -> list[dict[str, Any]]:
+    """One row per finished cell, read from the run directories."""
+    rows = []
+    for metrics_file in sorted(Path(out).glob("runs/*/*/seed*/metrics.json")):
+        cell = metrics_file.parent
+        metrics = json.loads(metrics_file.read_text())
+        info = json.loads((cell / "run.json").read_text())
+        u = metrics["unlearned"]
+        rows.append({
+            "scenario": cell.parent.parent.name, "method": cell.parent.name, "seed": int(cell.name[4:]),
+            "target": u["target"], "retain": u["retain"], **{f"heldout/{k}": v for k, v in u["heldout"].items()},
+            "score": metrics["score"], "seconds": info.get("wall_seconds"),
+            "original": {"target": metrics["original"]["target"], "retain": metrics["original"]["retain"],
+                         **{f"heldout/{k}": v for k, v in metrics["original"]["heldout"].items()}},
+        })
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per scenario: the original model, then each method as mean ± std over seeds, in the paper's columns."""
+    parts = []
+    for scenario in sorted({r["scenario"] for r in rows}):
+        cells = [r for r in rows if r["scenario"] == scenario]
+        cols = ["target", "retain"] + sorted({k for r in cells for k in r if k.startswith("heldout/")})
+        head = ["Method", "Target ↓", "Retain ↑", *(c.split("/", 1)[1] for c in cols[2:]), "Score ↑", "seeds", "time (s)"]
+        lines = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        orig = cells[0]["original"]
+        lines.append("| original | " + " | ".join(f"{orig.get(c, float('nan')):.1f}" for c in cols) + " | – | – | – |")
+        by_method: dict[str, list[Mapping[str, Any]]] = {}
+        for r in cells:
+            by_method.setdefault(r["method"], []).append(r)
+        ranked = sorted(by_method.items(), key=lambda kv: -statistics.mean(r["score"] for r in kv[1]))
+        for method, rs in ranked:
+            vals = [_mean_std([r[c] for r in rs]) for c in cols]
+            secs = [r["seconds"] for r in rs if r["seconds"] is not None]
+            lines.append(f"| {method} | " + " | ".join(vals) + f" | {_mean_std([r['score'] for r in rs])} | {len(rs)} | "
+                         + (f"{statistics.mean(secs):.0f}" if secs else "–") + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_tables(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    out = Path(out)
+    flat = [{k: v for k, v in r.items() if k != "original"} for r in rows]
+    fields = sorted({k for r in flat for k in r}, key=lambda k: (k not in ("scenario", "method", "seed"), k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_json(out / "results.json", list(rows))
+    atomic_write_text(out / "table.md", markdown_table(rows))
