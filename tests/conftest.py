@@ -21,6 +21,11 @@ def _openclip(name: str) -> Callable[[Path], str]:
     return make
 
 
+def pytest_configure(config) -> None:
+    # Tiny models run fastest on one thread (measured ~15x faster than the default on 2 shared cores).
+    torch.set_num_threads(1)
+
+
 # Test id -> builder(session tmp dir) -> model id. A new backend is tested by adding one line here.
 TINY_MODELS: dict[str, Callable[[Path], str]] = {
     "openclip-RN": _openclip("tiny-RN"),  # ModifiedResNet with BatchNorm

@@ -31,15 +31,6 @@ def make_data(seed: int = 0, n: int = 6, size: int = 32) -> UnlearnData:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def model(tiny_model_id) -> DualEncoder:
     torch.manual_seed(0)  # random-initialised tiny models: the same weights every time

@@ -112,7 +112,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_tables(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     out = Path(out)
     flat = [{k: v for k, v in r.items() if k != "original"} for r in rows]
-    fields = sorted({k for r in flat for k in r}, key=lambda k: (k not in ("scenario", "method", "seed"), k))
+    first = ["scenario", "method", "seed", "target", "retain"]
+    fields = first + sorted({k for r in flat for k in r} - set(first) - {"score", "seconds"}) + ["score", "seconds"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()

@@ -133,8 +133,8 @@ def resolve_method_config(method_name: str, config: str | Path | Mapping[str, An
 
 
 def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
-    weights = ModelSpec.parse(model_id).weights or ""
-    for p in (model_id.partition(":")[2], weights):
+    spec = ModelSpec.parse(model_id)
+    for p in (spec.weights, spec.name.removeprefix("local-dir:")):
         if p and Path(p).exists() and Path(p).resolve() in (out.resolve(), *out.resolve().parents):
             raise ConfigError(f"--out {out} would write inside the input checkpoint {p}; choose another directory")
     cfg_file = out / "config.yaml"

@@ -1,0 +1,122 @@
+"""The application layer: run directories, resume, refusing to clobber, the bench runner, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from clipforget.bench import run_bench
+from clipforget.cli import main
+from clipforget.config import ConfigError
+from clipforget.methods import get_method
+from clipforget.models import load_model
+from clipforget.pipeline import run_forget
+from synthetic import build_tiny_scenario
+
+SMOKE = get_method("ours").smoke_config()
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory) -> Path:
+    return build_tiny_scenario(tmp_path_factory.mktemp("scenario"))
+
+
+@pytest.fixture(scope="module")
+def saved_rn(tmp_path_factory) -> str:
+    """A tiny open_clip ResNet saved to disk, so the run reads a real checkpoint folder."""
+    from tiny import register_tiny_openclip
+
+    register_tiny_openclip(tmp_path_factory.mktemp("cfg"))
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ckpt")
+    load_model("openclip:tiny-RN").save(folder)
+    return f"openclip:local-dir:{folder}"
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_run_directory_is_self_describing_and_input_untouched(saved_rn, scenario, tmp_path):
+    ckpt = Path(saved_rn.split("local-dir:")[1])
+    before = _digest(ckpt)
+    result = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0)
+    run = tmp_path / "run"
+    for name in ["config.yaml", "scenario.yaml", "run.json", "metrics.json", "events.jsonl", "fisher.json",
+                 "alpha_curve.json", "report.md", "plots/metrics.png", "plots/fisher.png", "model/open_clip_model.safetensors"]:
+        assert (run / name).is_file(), name
+    assert _digest(ckpt) == before, "the input checkpoint must never be modified"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["seed"] == 0 and "torch" in info["versions"]
+    assert {"load", "method", "evaluate_unlearned"} <= set(info["timings"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["score"] == pytest.approx(result.score)
+    assert yaml.safe_load((run / "config.yaml").read_text())["method_config"] == SMOKE.to_dict()
+    # The saved unlearned model loads back and equals the returned one.
+    reloaded = load_model(f"openclip:local-dir:{run / 'model'}")
+    for k, v in result.model.model.state_dict().items():
+        assert torch.equal(v, reloaded.model.state_dict()[k]), k
+
+
+def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, tmp_path, caplog):
+    first = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1)
+    # Pretend the run was killed during the restore stage.
+    for name in ["stages/restore.json", "stages/restore.safetensors", "metrics.json"]:
+        (tmp_path / "run" / name).unlink(missing_ok=True)
+    with caplog.at_level(logging.INFO):
+        second = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1)
+    resumed = [r.getMessage() for r in caplog.records if "already finished" in r.getMessage()]
+    assert any("'select'" in m for m in resumed) and any("'remind'" in m for m in resumed)
+    assert not any("'restore'" in m for m in resumed)
+    for k, v in first.model.model.state_dict().items():
+        assert torch.equal(v, second.model.model.state_dict()[k]), k
+
+
+def test_a_directory_holding_another_run_is_refused(saved_rn, scenario, tmp_path):
+    run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0)
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=2)
+
+
+def test_writing_into_the_input_checkpoint_is_refused(saved_rn, scenario):
+    ckpt = Path(saved_rn.split("local-dir:")[1])
+    with pytest.raises(ConfigError, match="inside the input checkpoint"):
+        run_forget(saved_rn, scenario, ckpt / "run", config=SMOKE)
+
+
+def test_bench_runs_every_cell_once_and_resumes(saved_rn, scenario, tmp_path):
+    configs = {"ours": SMOKE}
+    table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs)
+    assert "| ours |" in table and "±" in table
+    cells = sorted(tmp_path.glob("runs/*/ours/seed*/metrics.json"))
+    assert len(cells) == 2
+    stamps = [c.stat().st_mtime_ns for c in cells]
+    run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs)
+    assert [c.stat().st_mtime_ns for c in cells] == stamps, "finished cells must not be redone"
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {r["seed"] for r in rows} == {0, 1}
+    assert (tmp_path / "results.csv").read_text().startswith("scenario,method,seed")
+
+
+def test_cli_forget_with_a_config_file_and_overrides(saved_rn, scenario, tmp_path):
+    cfg = tmp_path / "smoke.yaml"
+    cfg.write_text(SMOKE.to_yaml())
+    argv = ["forget", "--model", saved_rn, "--scenario", str(scenario), "--out", str(tmp_path / "run"),
+            "--config", str(cfg), "--seed", "3", "restore.grid=[0.0,1.0]"]
+    assert main(argv) == 0
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["seed"] == 3 and resolved["method_config"]["restore"]["grid"] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("override, message", [("forget.nope=1", "unknown field"), ("restore.grid=[2.0]", "grid")])
+def test_cli_refuses_bad_overrides(saved_rn, scenario, tmp_path, override, message, caplog):
+    argv = ["forget", "--model", saved_rn, "--scenario", str(scenario), "--out", str(tmp_path / "r"), override]
+    assert main(argv) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "r").exists(), "a refused run writes nothing"
