@@ -11,7 +11,7 @@ from clipforget.config import Config
 from clipforget.methods import InMemoryStore, Method, MethodResult, get_method, list_methods, register_method
 from clipforget.methods.base import unregister_method
 from clipforget.models import load_model
-from test_method_stages import make_data, one_thread  # noqa: F401  (autouse fixture)
+from test_method_stages import make_data
 
 
 @pytest.fixture
