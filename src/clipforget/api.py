@@ -41,6 +41,27 @@ def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), *
     return run_bench(model, scenarios, out=out, methods=methods, seeds=seeds, **kwargs)
 
 
+DEMO_MODEL = "testbed"
+DEMO_SCENARIO = "cifar10-cat"
+DEMO_SCENARIO_LOCAL = "fmnist-sneaker-local"  # needs only Debian's dataset-fashion-mnist
+
+
+def demo(*, out: str | Path = "runs/demo", device: str = "cpu", batch_size: int = 64) -> ForgetResult:
+    """The built-in default: the paper's method on the offline testbed model, with its report.
+
+    Uses ``cifar10-cat`` when the CIFAR-10 / Imagenette archives are found, else Fashion-MNIST alone.
+    """
+    from clipforget.data import DataNotFoundError
+
+    scenario = DEMO_SCENARIO
+    try:
+        build_scenario(scenario)
+    except DataNotFoundError as e:
+        log.warning("%s; the demo runs %s (Fashion-MNIST only) instead", e, DEMO_SCENARIO_LOCAL)
+        scenario = DEMO_SCENARIO_LOCAL
+    return run_forget(DEMO_MODEL, scenario, Path(out) / scenario, device=device, batch_size=batch_size)
+
+
 def format_metrics(metrics: ScenarioMetrics) -> str:
     lines = [f"Target  {metrics.target:5.1f}", f"Retain  {metrics.retain:5.1f}"]
     lines += [f"{name:<7} {acc:5.1f}  (held out)" for name, acc in metrics.heldout.items()]
