@@ -19,7 +19,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score
 from clipforget.models import DualEncoder, ModelSpec, load_model
+from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.report import write_report
 from clipforget.runinfo import Timer, git_commit, package_versions
 
@@ -157,6 +159,20 @@ class Prepared:
     images: ScenarioImages
     original_metrics: ScenarioMetrics
     load_seconds: float
+    _views: dict[str | None, tuple[DualEncoder, UnlearnData]] = field(default_factory=dict)
+
+    def training_view(self, image_prefix: str | None, *, batch_size: int = 64) -> tuple[DualEncoder, UnlearnData]:
+        """The model and data a method trains on: whole images, or activations after a frozen prefix."""
+        if image_prefix not in self._views:
+            data = unlearn_data(self.splits, self.images)
+            if image_prefix is None:
+                self._views[None] = (self.model, data)
+            else:
+                view = FrozenImagePrefix(self.model, image_prefix)
+                mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
+                          ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}
+                self._views[image_prefix] = (view, dataclasses.replace(data, **mapped))
+        return self._views[image_prefix]
 
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
@@ -191,13 +207,20 @@ def run_forget(
 
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
-               device: str = "cpu", batch_size: int = 64) -> ForgetResult:
-    """Run one registered method on a prepared scenario into the run directory ``out``."""
+               device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto") -> ForgetResult:
+    """Run one registered method on a prepared scenario into the run directory ``out``.
+
+    ``image_prefix``: the first image stage a method may change (see
+    :class:`clipforget.models.prefix.FrozenImagePrefix`); "auto" takes the backend's default
+    (``DualEncoder.default_image_prefix``), None trains on whole images.
+    """
     out = Path(out)
     timer = Timer()
     timer.seconds["load"] = prepared.load_seconds
+    if image_prefix == "auto":
+        image_prefix = prepared.model.default_image_prefix
     resolved = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
-                "method_config": config.to_dict(), "seed": seed, "device": device}
+                "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
     _check_out_dir(out, prepared.model_id, resolved)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
@@ -210,10 +233,10 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     torch.manual_seed(seed)
     original_metrics = prepared.original_metrics
     with timer("method"):
-        result: MethodResult = get_method(method).run(
-            prepared.model, unlearn_data(prepared.splits, prepared.images), config,
-            store=DiskStore(out / "stages"), seed=seed,
-        )
+        model, data = prepared.training_view(image_prefix, batch_size=batch_size)
+        result: MethodResult = get_method(method).run(model, data, config, store=DiskStore(out / "stages"), seed=seed)
+        if isinstance(result.model, FrozenImagePrefix):
+            result.model = result.model.unwrap()
     for stage, diag in result.diagnostics.items():
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
     with timer("evaluate_unlearned"):

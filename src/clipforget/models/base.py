@@ -56,6 +56,18 @@ class ModelSpec:
         return f"{self.backend}:{self.name}" + (f"@{self.weights}" if self.weights else "")
 
 
+@dataclass(frozen=True)
+class ImageStage:
+    """One link of the image tower's chain: its name, its function, the module names it owns."""
+
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    modules: tuple[str, ...]
+
+    def owns(self, param_name: str) -> bool:
+        return any(param_name.startswith(m + ".") for m in self.modules)
+
+
 class DualEncoder(nn.Module, abc.ABC):
     """A CLIP-style dual encoder behind one small protocol.
 
@@ -135,6 +147,17 @@ class DualEncoder(nn.Module, abc.ABC):
         for name, p in self.model.named_parameters():
             if self.tower_of(name) == tower:
                 yield name, p
+
+    #: The image stage from which methods may train by default (None: whole images). A backend sets it
+    #: where the image tower is too slow to run at every step on a CPU (the testbed).
+    default_image_prefix: str | None = None
+
+    def image_stages(self) -> list[ImageStage] | None:
+        """Optional: the image tower as an ordered chain of stages such that
+        ``encode_image(x) == normalize(stage_n.fn(...stage_1.fn(x)))``, every image parameter in exactly
+        one stage. Backends that expose it allow :class:`clipforget.models.prefix.FrozenImagePrefix`.
+        """
+        return None
 
     def similarity(self, images: Tensor, text: TextBatch) -> Tensor:
         """Cosine similarity matrix (B_img, B_txt) between images and texts."""

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
+from open_clip.modified_resnet import ModifiedResNet
 import torch
 from torch import Tensor
 
 from clipforget.io import atomic_save_safetensors, atomic_write_json
-from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, Tower, normalize
+from clipforget.models.base import DualEncoder, ImageStage, ModelSpec, TextBatch, Tower, normalize
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
@@ -55,6 +56,17 @@ class OpenClipModel(DualEncoder):
         if param_name.startswith("logit_"):
             return None
         return "image" if param_name.startswith(self.image_prefixes) else "text"
+
+    def image_stages(self) -> list[ImageStage] | None:
+        """The ModifiedResNet (RN50-style) chain: stem, layer1..4, attention pool; None for other towers."""
+        visual = self.model.visual
+        if not isinstance(visual, ModifiedResNet):
+            return None
+        stem = tuple(f"visual.{n}" for n, _ in visual.named_children() if n.startswith(("conv", "bn")))
+        stages = [ImageStage("visual.stem", visual.stem, stem)]
+        stages += [ImageStage(f"visual.{n}", getattr(visual, n), (f"visual.{n}",))
+                   for n in ("layer1", "layer2", "layer3", "layer4", "attnpool")]
+        return stages
 
     def encode_image(self, images: Tensor) -> Tensor:
         return normalize(self.model.encode_image(images))
