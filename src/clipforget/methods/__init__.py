@@ -34,3 +34,4 @@ __all__ = [
     "register_method",
     "train_loop",
 ]
+from clipforget.methods import baselines  # noqa: F401,E402  (registers the baselines)

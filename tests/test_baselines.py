@@ -1,0 +1,115 @@
+"""Every registered method (the baselines and ours) on the tiny models, plus behaviour checks of a few."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipforget.methods import UnlearnData, get_method, list_methods
+from clipforget.methods.baselines.common import clip_logits, text_heads, tower_params
+from clipforget.methods.baselines.finetuning import SalUnConfig, saliency_masks
+from clipforget.methods.baselines.weightspace import SSD, TaskVectorConfig, dampen
+from clipforget.methods.forget import forget_progress
+from clipforget.methods.training import TrainConfig
+from clipforget.models import DualEncoder
+
+def tiny_data(seed: int = 0, n: int = 6, size: int = 32) -> UnlearnData:
+    g = torch.Generator().manual_seed(seed)
+    return UnlearnData(
+        forget_images=torch.randn(n, 3, size, size, generator=g),
+        forget_text="a photo of a marmoset",
+        retain_images=torch.randn(n + 2, 3, size, size, generator=g),
+        retain_labels=torch.arange(n + 2) % 3 + 1,
+        classnames=("monkey", "cat", "dog", "bird"),
+        templates=("a photo of a {}.", "a {}."),
+        forget_label=0,
+        calibration_images=torch.randn(n, 3, size, size, generator=g),
+    )
+
+
+def weights(model: DualEncoder) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+
+
+def chose_original(diagnostics: dict) -> bool:
+    """Whether a method recorded that it chose the original weights (baselines; ours' souping alpha 0)."""
+    if "unlearn" in diagnostics:
+        return diagnostics["unlearn"]["chose_original"]
+    return diagnostics.get("restore", {}).get("choice", {}).get("alpha") == 0.0
+
+
+def run(name: str, model: DualEncoder, config=None, seed: int = 0):
+    method = get_method(name)
+    return method.run(model, tiny_data(), config or method.smoke_config(), seed=seed)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_runs_deterministically_into_the_same_architecture(name, tiny_models):
+    before = weights(tiny_models)
+    first, second = run(name, tiny_models, seed=1), run(name, tiny_models, seed=1)
+    after = weights(first.model)
+    assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
+    assert all(torch.equal(v, tiny_models.model.state_dict()[k]) for k, v in before.items()), "the input model changed"
+    assert all(torch.equal(v, second.model.model.state_dict()[k]) for k, v in after.items()), "same seed, different weights"
+    changed = any(not torch.equal(after[k], v) for k, v in before.items())
+    assert changed or chose_original(first.diagnostics), "nothing changed and no choice of the original was recorded"
+    if "unlearn" in first.diagnostics:  # a baseline: the record is exact and candidates were scored
+        assert changed != chose_original(first.diagnostics) and first.diagnostics["unlearn"]["curve"]
+
+
+# -- behaviour on the tiny open_clip RN --------------------------------------------------------------
+
+
+@pytest.fixture
+def rn(tiny_models, request) -> DualEncoder:
+    if "openclip-RN" not in request.node.callspec.id:
+        pytest.skip("behaviour checks run on the tiny open_clip RN")
+    return tiny_models
+
+
+@pytest.mark.parametrize("name, retain_weight", [("ga", 0.0), ("neggrad+", 1.0)])
+def test_ga_and_neggrad_lower_the_forget_similarity(rn, name, retain_weight):
+    data = tiny_data()
+    train = TrainConfig(steps=4, lr=1e-3, batch_size=6, check_every=100)
+    method = get_method(name)
+    result = method.run(rn, data, method.config_class(train=train, retain_weight=retain_weight))
+    assert forget_progress(result.model, data)["forget_similarity"] < forget_progress(rn, data)["forget_similarity"]
+
+
+def test_salun_changes_only_salient_weights(rn):
+    data = tiny_data()
+    config = SalUnConfig(train=TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=100), saliency_fraction=0.05)
+    masks = saliency_masks(rn, data, tower_params(rn), config.saliency_fraction, config.saliency_samples)
+    after = get_method("salun").run(rn, data, config).model.model.state_dict()
+    moved = {k: after[k] != v for k, v in rn.model.state_dict().items()}
+    assert any(m.any() for m in moved.values())
+    assert all(not (moved[k] & ~masks[k]).any() if k in masks else not moved[k].any() for k in moved)
+
+
+def test_ssd_dampens_only_weights_more_important_to_forget_than_to_retain(rn):
+    data, config = tiny_data(), SSD.smoke_config()
+    forget, retain = SSD.importances(rn, data, config)
+    state = rn.model.state_dict()
+    out, selected = dampen(state, forget, retain, alpha=1.0, lam=0.5)
+    assert selected > 0
+    for k, v in state.items():
+        moved = out[k] != v
+        if k not in forget:
+            assert not moved.any(), f"{k} is not a tower weight but changed"
+        else:
+            assert not (moved & ~(forget[k] > retain[k])).any(), f"{k}: a weight changed without I_f > I_r"
+            assert (out[k].abs() <= v.abs()).all(), f"{k}: dampening grew a weight"
+
+
+def test_task_vector_with_lambda_zero_returns_the_original(rn):
+    config = TaskVectorConfig(train=TrainConfig(steps=2, lr=1e-3, batch_size=4), lambda_grid=(0.0,))
+    result = get_method("task-vector").run(rn, tiny_data(), config)
+    assert all(torch.equal(v, rn.model.state_dict()[k]) for k, v in result.model.model.state_dict().items())
+    assert result.diagnostics["unlearn"]["chose_original"]
+
+
+def test_forget_columns_are_the_forget_text_and_class(rn):
+    data = tiny_data()
+    with torch.no_grad():
+        logits = clip_logits(rn, data.forget_images, text_heads(rn, data))
+    assert logits.shape == (len(data.forget_images), 1 + len(data.classnames))
