@@ -160,8 +160,8 @@ def test_unknown_scenario_name_lists_the_bundled_ones():
 
 
 def test_bundled_scenarios_are_the_public_ones_and_validate_without_data():
-    assert bundled_scenarios() == PUBLIC
-    for name in PUBLIC:
+    assert bundled_scenarios() == sorted(PUBLIC + ["fmnist-sneaker-local"])
+    for name in bundled_scenarios():
         config = load_scenario_config(name)
         assert config.name == name and config.seed == 0
         assert all("{}" in t for t in config.templates)
