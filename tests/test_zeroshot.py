@@ -53,6 +53,9 @@ class KnownTextModel(DualEncoder):
         c, t = text["input_ids"].T
         return normalize(self.model.table[c] + self.model.offsets[t])
 
+    def saved_id(self, directory):
+        raise NotImplementedError
+
     def encode_image(self, images):
         return normalize(images)
 

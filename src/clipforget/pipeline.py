@@ -247,7 +247,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
         result.model.save(out / "model")
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
                                              "unlearned": unlearned_metrics.to_dict(), "score": score})
-    info.update(status="finished", timings={**timer.seconds, **_stage_times(result.diagnostics)},
+    info.update(status="finished", unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **_stage_times(result.diagnostics)},
                 wall_seconds=time.time() - started)
     atomic_write_json(out / "run.json", info)
     write_report(out)

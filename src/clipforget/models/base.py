@@ -113,6 +113,10 @@ class DualEncoder(nn.Module, abc.ABC):
         ``CLIPModel.from_pretrained(directory)``, the testbed's documented loader).
         """
 
+    @abc.abstractmethod
+    def saved_id(self, directory: str | Path) -> str:
+        """The model id that loads what :meth:`save` wrote into ``directory``."""
+
     def state_dict_model(self) -> dict[str, Tensor]:
         """The backend model's state dict (keys as the backend names them)."""
         return self.model.state_dict()

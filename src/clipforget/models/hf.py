@@ -76,6 +76,9 @@ class HFClipModel(DualEncoder):
     def logit_scale(self) -> Tensor:
         return self.model.logit_scale.exp()
 
+    def saved_id(self, directory: str | Path) -> str:
+        return f"hf:{directory}"
+
     def save(self, directory: str | Path) -> Path:
         """``save_pretrained`` of model (safetensors), tokenizer and image processor into ``directory``.
 

@@ -81,6 +81,9 @@ class OpenClipModel(DualEncoder):
     def logit_scale(self) -> Tensor:
         return self.model.logit_scale.exp()
 
+    def saved_id(self, directory: str | Path) -> str:
+        return f"openclip:local-dir:{directory}"
+
     def save(self, directory: str | Path) -> Path:
         """``open_clip_model.safetensors`` (+ ``open_clip_config.json`` when the architecture is known).
 

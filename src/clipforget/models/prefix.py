@@ -74,5 +74,8 @@ class FrozenImagePrefix(DualEncoder):
     def save(self, directory: str | Path) -> Path:
         return self.inner.save(directory)
 
+    def saved_id(self, directory: str | Path) -> str:
+        return self.inner.saved_id(directory)
+
     def unwrap(self) -> DualEncoder:
         return self.inner

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from clipforget.io import atomic_save_safetensors, atomic_write_json
-from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, Tower, normalize
+from clipforget.models.base import DualEncoder, ImageStage, ModelSpec, TextBatch, Tower, normalize
 
 log = logging.getLogger(__name__)
 
@@ -306,12 +306,29 @@ class TestbedModel(DualEncoder):
     def logit_scale(self) -> Tensor:
         return self.model.logit_scale.exp()
 
+    #: Methods train from the last two EfficientNet blocks on by default: the blocks before run once per
+    #: image (see clipforget.models.prefix); ``image_prefix=None`` trains on whole images.
+    default_image_prefix = "image_tower.blocks.5"
+
+    def image_stages(self) -> list[ImageStage]:
+        """conv_stem, bn1, each block, conv_head, bn2, then pooling + the image head."""
+        tower = self.model.image_tower
+        stages = [ImageStage(f"image_tower.{n}", getattr(tower, n), (f"image_tower.{n}",)) for n in ("conv_stem", "bn1")]
+        stages += [ImageStage(f"image_tower.blocks.{i}", block, (f"image_tower.blocks.{i}",)) for i, block in enumerate(tower.blocks)]
+        stages += [ImageStage(f"image_tower.{n}", getattr(tower, n), (f"image_tower.{n}",)) for n in ("conv_head", "bn2")]
+        stages.append(ImageStage("image_head", lambda x: self.model.image_head(tower.forward_head(x)),
+                                 ("image_tower.global_pool", "image_tower.classifier", "image_head")))
+        return stages
+
     def tower_of(self, param_name: str) -> Tower | None:
         if param_name.startswith(self.image_prefixes):
             return "image"
         if param_name.startswith(self.text_prefixes):
             return "text"
         return None
+
+    def saved_id(self, directory: str | Path) -> str:
+        return f"testbed@{directory}"
 
     def save(self, directory: str | Path) -> Path:
         """Write the whole model (layout in the module docstring); returns ``testbed.json``.
