@@ -120,3 +120,23 @@ def test_cli_refuses_bad_overrides(saved_rn, scenario, tmp_path, override, messa
     assert main(argv) == 2
     assert message in caplog.text
     assert not (tmp_path / "r").exists(), "a refused run writes nothing"
+
+
+def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_model(saved_rn, scenario, tmp_path):
+    from clipforget.evaluation import evaluate
+    from clipforget.pipeline import prepare, run_method
+
+    prepared = prepare(saved_rn, scenario)
+    config = SMOKE.with_overrides(["use_souping=false"])  # souping may rightly pick the original here
+    result = run_method(prepared, tmp_path / "run", method="ours", config=config, image_prefix="visual.layer4")
+    assert type(result.model).__name__ == "OpenClipModel", "the result is the ordinary model again"
+    before, after = prepared.model.model.state_dict(), result.model.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("visual.layer4", "visual.attnpool")) or not k.startswith("visual.")
+                           for k in changed), sorted(changed)
+    # Metrics computed on cached prefix activations equal those of the whole reloaded model.
+    reloaded = load_model(result.model.saved_id(tmp_path / "run" / "model"))
+    full = evaluate(reloaded, prepared.splits, prepared.images)
+    assert (full.target, full.retain, full.heldout) == (result.unlearned.target, result.unlearned.retain,
+                                                         result.unlearned.heldout)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_prefix"] == "visual.layer4"

@@ -159,20 +159,39 @@ class Prepared:
     images: ScenarioImages
     original_metrics: ScenarioMetrics
     load_seconds: float
-    _views: dict[str | None, tuple[DualEncoder, UnlearnData]] = field(default_factory=dict)
+    _views: dict[str | None, TrainingView] = field(default_factory=dict)
 
-    def training_view(self, image_prefix: str | None, *, batch_size: int = 64) -> tuple[DualEncoder, UnlearnData]:
-        """The model and data a method trains on: whole images, or activations after a frozen prefix."""
+    def training_view(self, image_prefix: str | None, *, batch_size: int = 64) -> TrainingView:
+        """The model, data and evaluation images a method runs on: whole images, or the activations
+        after a frozen image prefix (computed once per scenario and prefix)."""
         if image_prefix not in self._views:
             data = unlearn_data(self.splits, self.images)
             if image_prefix is None:
-                self._views[None] = (self.model, data)
+                self._views[None] = TrainingView(self.model, data, self.images)
             else:
                 view = FrozenImagePrefix(self.model, image_prefix)
                 mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
                           ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}
-                self._views[image_prefix] = (view, dataclasses.replace(data, **mapped))
+                self._views[image_prefix] = TrainingView(view, dataclasses.replace(data, **mapped),
+                                                         map_images(self.images, lambda x: view.prefix(x, batch_size)))
         return self._views[image_prefix]
+
+
+@dataclass(frozen=True)
+class TrainingView:
+    model: DualEncoder
+    data: UnlearnData
+    images: ScenarioImages
+
+
+def map_images(images: ScenarioImages, fn) -> ScenarioImages:
+    """Apply ``fn`` to every image tensor of ``images`` (labels and names unchanged)."""
+
+    def lab(x: LabelledImages) -> LabelledImages:
+        return dataclasses.replace(x, images=fn(x.images))
+
+    return ScenarioImages(fn(images.forget_train), lab(images.retain_train), lab(images.calibration), lab(images.target),
+                          lab(images.retain), {k: lab(v) for k, v in images.heldout.items()})
 
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
@@ -233,14 +252,14 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     torch.manual_seed(seed)
     original_metrics = prepared.original_metrics
     with timer("method"):
-        model, data = prepared.training_view(image_prefix, batch_size=batch_size)
-        result: MethodResult = get_method(method).run(model, data, config, store=DiskStore(out / "stages"), seed=seed)
-        if isinstance(result.model, FrozenImagePrefix):
-            result.model = result.model.unwrap()
+        view = prepared.training_view(image_prefix, batch_size=batch_size)
+        result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed)
     for stage, diag in result.diagnostics.items():
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
     with timer("evaluate_unlearned"):
-        unlearned_metrics = evaluate(result.model, prepared.splits, prepared.images, batch_size=batch_size)
+        unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
+    if isinstance(result.model, FrozenImagePrefix):
+        result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     _write_diagnostics(out, result.diagnostics)
     with timer("save"):

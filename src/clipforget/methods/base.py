@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -133,7 +134,9 @@ def run_stage(
     if cached is not None:
         load_partial_state(model, cached["state"])
         return cached["info"]
+    start = time.perf_counter()
     info, state = fn()
+    info = {**info, "seconds": time.perf_counter() - start}
     store.save(stage, {"state": state, "info": info})
     return info
 
