@@ -36,6 +36,7 @@ def run_bench(
     configs: Mapping[str, Any] | None = None,
     device: str = "cpu",
     batch_size: int = 64,
+    image_prefix: str | None = "auto",
 ) -> str:
     """Run the grid and return the Markdown table. ``configs`` maps a method to its config (or YAML)."""
     from clipforget.data import load_scenario_config
@@ -56,7 +57,7 @@ def run_bench(
         for m, s in todo:
             log.info("bench cell: %s / %s / seed %d", name, m, s)
             run_method(prepared, cell_dir(out, name, m, s), method=m, config=resolved[m], seed=s,
-                       device=device, batch_size=batch_size)
+                       device=device, batch_size=batch_size, image_prefix=image_prefix)
     rows = collect(out)
     write_tables(out, rows)
     return (out / "table.md").read_text()

@@ -16,6 +16,16 @@ from clipforget.config import ConfigError
 log = logging.getLogger("clipforget")
 
 
+def _prefix(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-prefix", type=_prefix, default="auto",
+                   help="first image stage methods may change; earlier stages run once per image "
+                        "(default: auto = the backend's choice; none = whole images)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
@@ -39,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="ours", help="registered method name (default: ours)")
     p.add_argument("--config", help="method config YAML (default: the method's defaults)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. forget.steps=200 select.top_k=4")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. forget.delta=-0.3 select.top_k=16")
+    _train(p)
     _common(p)
 
     p = sub.add_parser("bench", help="every method on every scenario and seed, resumable; CSV/JSON/Markdown")
@@ -48,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", required=True)
+    _train(p)
     _common(p)
 
     p = sub.add_parser("demo", help="the built-in default: forget on the testbed model, with report")
@@ -81,12 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = api.forget(
                 args.model, args.scenario, out=args.out, method=args.method, config=args.config,
                 overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
+                image_prefix=args.image_prefix,
             )
             print(f"report: {result.run_dir / 'report.md'}")
         elif args.command == "bench":
             table = api.bench(
                 args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
-                device=args.device, batch_size=args.batch_size,
+                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
             )
             print(table)
         elif args.command == "demo":

@@ -218,11 +218,13 @@ def run_forget(
     device: str = "cpu",
     batch_size: int = 64,
     model: DualEncoder | None = None,
+    image_prefix: str | None = "auto",
 ) -> ForgetResult:
     """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs."""
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
     prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model)
-    return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device, batch_size=batch_size)
+    return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
+                      batch_size=batch_size, image_prefix=image_prefix)
 
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
