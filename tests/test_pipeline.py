@@ -140,3 +140,19 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
     assert (full.target, full.retain, full.heldout) == (result.unlearned.target, result.unlearned.retain,
                                                          result.unlearned.heldout)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_prefix"] == "visual.layer4"
+
+
+def test_bench_runs_config_variants_as_their_own_rows(saved_rn, scenario, tmp_path):
+    table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours", "ours[use_souping=false]"],
+                      seeds=[0], configs={"ours": SMOKE})
+    assert "| ours[use_souping=false] |" in table and "| ours |" in table
+    variant = yaml.safe_load((tmp_path / "runs" / "tiny-springer" / "ours[use_souping=false]" / "seed0" / "config.yaml").read_text())
+    assert variant["method"] == "ours" and variant["method_config"]["use_souping"] is False
+
+
+def test_bench_refuses_unknown_methods_before_any_work(saved_rn, scenario, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["nope"])
+    with pytest.raises(ValueError, match="name\\[field=value"):
+        run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours[use_lora=false"])
+    assert not (tmp_path / "runs").exists()

@@ -23,7 +23,17 @@ log = logging.getLogger(__name__)
 
 
 def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
-    return out / "runs" / scenario / method / f"seed{seed}"
+    return out / "runs" / scenario / method.replace("/", "_") / f"seed{seed}"
+
+
+def parse_variant(entry: str) -> tuple[str, list[str]]:
+    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,select.top_k=4]"`` -> ("ours", [overrides])."""
+    name, bracket, rest = entry.partition("[")
+    if not bracket:
+        return entry, []
+    if not rest.endswith("]") or not rest[:-1].strip():
+        raise ValueError(f"method variant {entry!r}: write name[field=value,...]")
+    return name, [o.strip() for o in rest[:-1].split(",")]
 
 
 def run_bench(
@@ -38,15 +48,21 @@ def run_bench(
     batch_size: int = 64,
     image_prefix: str | None = "auto",
 ) -> str:
-    """Run the grid and return the Markdown table. ``configs`` maps a method to its config (or YAML)."""
+    """Run the grid and return the Markdown table.
+
+    ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
+    ablation is a variant); ``configs`` maps a method name to its base config (or YAML file).
+    """
     from clipforget.data import load_scenario_config
     from clipforget.pipeline import prepare, resolve_method_config, run_method
 
     out = Path(out)
     methods = list(methods or list_methods())
-    for m in methods:
-        get_method(m)  # an unknown name fails before any work
-    resolved = {m: resolve_method_config(m, (configs or {}).get(m)) for m in methods}
+    variants = {m: parse_variant(m) for m in methods}
+    for name, _ in variants.values():
+        get_method(name)  # an unknown name fails before any work
+    resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
+                for m, (name, overrides) in variants.items()}
     for scenario in scenarios:
         name = load_scenario_config(scenario).name
         todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
@@ -56,7 +72,7 @@ def run_bench(
         prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
         for m, s in todo:
             log.info("bench cell: %s / %s / seed %d", name, m, s)
-            run_method(prepared, cell_dir(out, name, m, s), method=m, config=resolved[m], seed=s,
+            run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
                        device=device, batch_size=batch_size, image_prefix=image_prefix)
     rows = collect(out)
     write_tables(out, rows)
