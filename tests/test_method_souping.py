@@ -63,3 +63,20 @@ def test_greedy_soup_adds_only_ingredients_that_help():
 
     choice = greedy_soup([bad, a, b], score, forget_target=0.0)
     assert torch.equal(choice.state["w"], a["w"]) and choice.choice["n_ingredients"] == 1
+
+
+def test_forget_holdout_splits_d_f_into_disjoint_deterministic_parts():
+    from clipforget.methods.ours import split_forget
+    from test_method_stages import make_data
+
+    data = make_data(n=10)
+    fit, check = split_forget(data, 0.2, seed=0)
+    assert len(fit.forget_images) == 8 and len(check.forget_images) == 2
+    rows = {tuple(x.flatten()[:4].tolist()) for x in data.forget_images}
+    fit_rows = {tuple(x.flatten()[:4].tolist()) for x in fit.forget_images}
+    check_rows = {tuple(x.flatten()[:4].tolist()) for x in check.forget_images}
+    assert fit_rows | check_rows == rows and not fit_rows & check_rows
+    again, _ = split_forget(data, 0.2, seed=0)
+    assert torch.equal(again.forget_images, fit.forget_images)
+    same, same_check = split_forget(data, 0.0, seed=0)
+    assert same is data and same_check is data

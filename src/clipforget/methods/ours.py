@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,15 +47,20 @@ class RestoreConfig(Config):
         unlearned: retain Fisher pulls toward the original, forget Fisher toward the unlearned).
     grid: the alpha values tried by "interpolate" (0: original, 1: unlearned).
     forget_target: largest acceptable forget accuracy of the chosen weights.
+    holdout: fraction of D_f kept out of select / forget / remind and used only to measure the forget
+        accuracy that constrains alpha (an honest estimate of the Target on unseen subgroup images;
+        the forget-set accuracy of images the model was tuned on is optimistic). 0: use all of D_f.
     """
 
     mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
     grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     forget_target: float = 0.05
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
         require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
+        require(0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,17 @@ class OursConfig(Config):
     align: AlignConfig = field(default_factory=AlignConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
+
+
+def split_forget(data: UnlearnData, holdout: float, seed: int) -> tuple[UnlearnData, UnlearnData]:
+    """(data to tune on, data whose forget images check the forget accuracy): D_f split by ``holdout``."""
+    n = len(data.forget_images)
+    k = int(round(holdout * n))
+    if k == 0 or k == n:
+        return data, data
+    order = torch.randperm(n, generator=stage_generator(seed, "holdout"))
+    fit = dataclasses.replace(data, forget_images=data.forget_images[order[k:]])
+    return fit, dataclasses.replace(data, forget_images=data.forget_images[order[:k]])
 
 
 def _state_of(model: DualEncoder, keys: list[str], original: StateDict) -> StateDict:
@@ -121,6 +138,7 @@ class Ours(Method):
         student = clone_model(model).eval()
         original = {k: v.detach().clone() for k, v in teacher.model.state_dict().items()}
         diagnostics: dict[str, dict[str, Any]] = {}
+        data, check_data = split_forget(data, config.restore.holdout if config.use_souping else 0.0, seed)
 
         def select() -> tuple[dict[str, Any], StateDict]:
             candidates = candidate_layers(student, config.select)
@@ -164,7 +182,7 @@ class Ours(Method):
             diagnostics["remind"] = run_stage(store, "remind", student, remind)
 
         def restore() -> tuple[dict[str, Any], StateDict]:
-            choice = self._restore(config, original, student, after_forget, sel, score_fn or make_score_fn(teacher, data))
+            choice = self._restore(config, original, student, after_forget, sel, score_fn or make_score_fn(teacher, check_data))
             load_partial_state(student, choice.state)
             return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
 
