@@ -50,12 +50,14 @@ class RestoreConfig(Config):
     holdout: fraction of D_f kept out of select / forget / remind and used only to measure the forget
         accuracy that constrains alpha (an honest estimate of the Target on unseen subgroup images;
         the forget-set accuracy of images the model was tuned on is optimistic). 0: use all of D_f.
+    Defaults measured on the testbed (seed 0): with forget_target 0.05 and no holdout, cifar10-cat
+    kept 18% Target on its test images while the forget set was at 4%.
     """
 
     mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
     grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    forget_target: float = 0.05
-    holdout: float = 0.0
+    forget_target: float = 0.0
+    holdout: float = 0.2
 
     def __post_init__(self) -> None:
         require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
