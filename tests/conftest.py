@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_hf, make_tiny_testbed, register_tiny_openclip
 
 from clipforget.models import DualEncoder, load_model
-from tiny import make_tiny_hf, make_tiny_testbed, register_tiny_openclip
 
 
 def _openclip(name: str) -> Callable[[Path], str]:

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_method_stages import make_data
 
-from clipforget.methods import UnlearnData, get_method, list_methods
+from clipforget.methods import get_method, list_methods
 from clipforget.methods.baselines.common import clip_logits, text_heads, tower_params
 from clipforget.methods.baselines.finetuning import SalUnConfig, saliency_masks
 from clipforget.methods.baselines.weightspace import SSD, TaskVectorConfig, dampen
 from clipforget.methods.forget import forget_progress
 from clipforget.methods.training import TrainConfig
 from clipforget.models import DualEncoder
-
-def tiny_data(seed: int = 0, n: int = 6, size: int = 32) -> UnlearnData:
-    g = torch.Generator().manual_seed(seed)
-    return UnlearnData(
-        forget_images=torch.randn(n, 3, size, size, generator=g),
-        forget_text="a photo of a marmoset",
-        retain_images=torch.randn(n + 2, 3, size, size, generator=g),
-        retain_labels=torch.arange(n + 2) % 3 + 1,
-        classnames=("monkey", "cat", "dog", "bird"),
-        templates=("a photo of a {}.", "a {}."),
-        forget_label=0,
-        calibration_images=torch.randn(n, 3, size, size, generator=g),
-    )
 
 
 def weights(model: DualEncoder) -> dict[str, torch.Tensor]:
@@ -40,7 +28,7 @@ def chose_original(diagnostics: dict) -> bool:
 
 def run(name: str, model: DualEncoder, config=None, seed: int = 0):
     method = get_method(name)
-    return method.run(model, tiny_data(), config or method.smoke_config(), seed=seed)
+    return method.run(model, make_data(), config or method.smoke_config(), seed=seed)
 
 
 @pytest.mark.parametrize("name", list_methods())
@@ -69,7 +57,7 @@ def rn(tiny_models, request) -> DualEncoder:
 
 @pytest.mark.parametrize("name, retain_weight", [("ga", 0.0), ("neggrad+", 1.0)])
 def test_ga_and_neggrad_lower_the_forget_similarity(rn, name, retain_weight):
-    data = tiny_data()
+    data = make_data()
     train = TrainConfig(steps=4, lr=1e-3, batch_size=6, check_every=100)
     method = get_method(name)
     result = method.run(rn, data, method.config_class(train=train, retain_weight=retain_weight))
@@ -77,7 +65,7 @@ def test_ga_and_neggrad_lower_the_forget_similarity(rn, name, retain_weight):
 
 
 def test_salun_changes_only_salient_weights(rn):
-    data = tiny_data()
+    data = make_data()
     config = SalUnConfig(train=TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=100), saliency_fraction=0.05)
     masks = saliency_masks(rn, data, tower_params(rn), config.saliency_fraction, config.saliency_samples)
     after = get_method("salun").run(rn, data, config).model.model.state_dict()
@@ -87,7 +75,7 @@ def test_salun_changes_only_salient_weights(rn):
 
 
 def test_ssd_dampens_only_weights_more_important_to_forget_than_to_retain(rn):
-    data, config = tiny_data(), SSD.smoke_config()
+    data, config = make_data(), SSD.smoke_config()
     forget, retain = SSD.importances(rn, data, config)
     state = rn.model.state_dict()
     out, selected = dampen(state, forget, retain, alpha=1.0, lam=0.5)
@@ -103,13 +91,13 @@ def test_ssd_dampens_only_weights_more_important_to_forget_than_to_retain(rn):
 
 def test_task_vector_with_lambda_zero_returns_the_original(rn):
     config = TaskVectorConfig(train=TrainConfig(steps=2, lr=1e-3, batch_size=4), lambda_grid=(0.0,))
-    result = get_method("task-vector").run(rn, tiny_data(), config)
+    result = get_method("task-vector").run(rn, make_data(), config)
     assert all(torch.equal(v, rn.model.state_dict()[k]) for k, v in result.model.model.state_dict().items())
     assert result.diagnostics["unlearn"]["chose_original"]
 
 
 def test_forget_columns_are_the_forget_text_and_class(rn):
-    data = tiny_data()
+    data = make_data()
     with torch.no_grad():
         logits = clip_logits(rn, data.forget_images, text_heads(rn, data))
     assert logits.shape == (len(data.forget_images), 1 + len(data.classnames))

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from synthetic import build_tiny_scenario
 
 from clipforget.cli import main
 from clipforget.data.locations import DataNotFoundError
 from clipforget.models import load_model
-from synthetic import build_tiny_scenario
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic import make_fashion_mnist, make_image_tree, write_idx, write_image, write_manifest
+from synthetic import (
+    make_fashion_mnist,
+    make_image_tree,
+    write_idx,
+    write_image,
+    write_manifest,
+)
 
 from clipforget.config import ConfigError
 from clipforget.data import locations

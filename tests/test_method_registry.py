@@ -6,12 +6,19 @@ import sys
 
 import pytest
 import torch
+from test_method_stages import make_data
 
 from clipforget.config import Config
-from clipforget.methods import InMemoryStore, Method, MethodResult, get_method, list_methods, register_method
+from clipforget.methods import (
+    InMemoryStore,
+    Method,
+    MethodResult,
+    get_method,
+    list_methods,
+    register_method,
+)
 from clipforget.methods.base import unregister_method
 from clipforget.models import load_model
-from test_method_stages import make_data
 
 
 @pytest.fixture

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipforget.methods.souping import greedy_soup, interpolate, search_alpha, weighted_soup
+from clipforget.methods.souping import (
+    greedy_soup,
+    interpolate,
+    search_alpha,
+    weighted_soup,
+)
 
 
 def states(seed: int = 0):
@@ -66,8 +71,9 @@ def test_greedy_soup_adds_only_ingredients_that_help():
 
 
 def test_forget_holdout_splits_d_f_into_disjoint_deterministic_parts():
-    from clipforget.methods.ours import split_forget
     from test_method_stages import make_data
+
+    from clipforget.methods.ours import split_forget
 
     data = make_data(n=10)
     fit, check = split_forget(data, 0.2, seed=0)

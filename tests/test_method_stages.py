@@ -9,9 +9,20 @@ import torch
 
 from clipforget.methods import NonFiniteLossError, TrainConfig, UnlearnData, train_loop
 from clipforget.methods.adapters import AdapterConfig, tuning
-from clipforget.methods.align import AlignConfig, align_images, norm_targets, record_stats, stats_distance
+from clipforget.methods.align import (
+    AlignConfig,
+    align_images,
+    norm_targets,
+    record_stats,
+    stats_distance,
+)
 from clipforget.methods.base import clone_model
-from clipforget.methods.fisher import SelectConfig, candidate_layers, fisher_scores, top_layers
+from clipforget.methods.fisher import (
+    SelectConfig,
+    candidate_layers,
+    fisher_scores,
+    top_layers,
+)
 from clipforget.methods.forget import ForgetConfig, forget_progress, forget_stage
 from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model

@@ -7,10 +7,10 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from tiny import plain_load_testbed
 
 from clipforget.models import DualEncoder, ModelSpec, load_model
 from clipforget.models.base import TOWERS, normalize
-from tiny import plain_load_testbed
 
 TEXTS = ["a photo of a marmoset.", "Boeing airplanes on the runway", "a dog"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from synthetic import build_tiny_scenario
 
 from clipforget.bench import run_bench
 from clipforget.cli import main
@@ -17,7 +18,6 @@ from clipforget.config import ConfigError
 from clipforget.methods import get_method
 from clipforget.models import load_model
 from clipforget.pipeline import run_forget
-from synthetic import build_tiny_scenario
 
 SMOKE = get_method("ours").smoke_config()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_method_stages import make_data
 
 from clipforget.methods import get_method
 from clipforget.models import load_model
 from clipforget.models.prefix import FrozenImagePrefix
-from test_method_stages import make_data
 
 
 @pytest.fixture

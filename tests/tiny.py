@@ -107,7 +107,12 @@ def make_tiny_testbed(directory: str | Path, seed: int = 0) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from clipforget.models.testbed import TestbedConfig, TestbedModel, TestbedNet, package_text_dir
+    from clipforget.models.testbed import (
+        TestbedConfig,
+        TestbedModel,
+        TestbedNet,
+        package_text_dir,
+    )
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(package_text_dir(), local_files_only=True)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipforget.data import build_scenario, bundled_scenarios, load_scenario_config, open_sources
+from clipforget.data import (
+    build_scenario,
+    bundled_scenarios,
+    load_scenario_config,
+    open_sources,
+)
 from clipforget.evaluation import evaluate as _evaluate
 from clipforget.methods import list_methods as _list_methods
 from clipforget.metrics import ScenarioMetrics

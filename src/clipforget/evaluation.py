@@ -16,7 +16,12 @@ from torch import Tensor
 from clipforget.data.types import EvalSet, ScenarioSplits
 from clipforget.metrics import ScenarioMetrics
 from clipforget.models.base import DualEncoder
-from clipforget.zeroshot import ZeroShotAccuracy, build_zero_shot_classifier, compute_image_embeddings, zero_shot_accuracy
+from clipforget.zeroshot import (
+    ZeroShotAccuracy,
+    build_zero_shot_classifier,
+    compute_image_embeddings,
+    zero_shot_accuracy,
+)
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ Run directory layout (every file written atomically)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,26 @@ import torch
 import yaml
 
 from clipforget.config import Config, ConfigError
-from clipforget.data import ScenarioConfig, ScenarioSplits, build_scenario, load_images, load_scenario_config, open_sources
-from clipforget.evaluation import LabelledImages, ScenarioImages, evaluate, label_indices
-from clipforget.io import append_jsonl, atomic_save_safetensors, atomic_write_json, atomic_write_text
+from clipforget.data import (
+    ScenarioConfig,
+    ScenarioSplits,
+    build_scenario,
+    load_images,
+    load_scenario_config,
+    open_sources,
+)
+from clipforget.evaluation import (
+    LabelledImages,
+    ScenarioImages,
+    evaluate,
+    label_indices,
+)
+from clipforget.io import (
+    append_jsonl,
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+)
 from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score

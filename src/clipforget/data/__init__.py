@@ -19,7 +19,14 @@ from clipforget.data.scenario import (
     open_sources,
     scenario_fingerprint,
 )
-from clipforget.data.sources import Entry, ImageLoadError, ImageSource, SourceConfig, open_source, register_source_kind
+from clipforget.data.sources import (
+    Entry,
+    ImageLoadError,
+    ImageSource,
+    SourceConfig,
+    open_source,
+    register_source_kind,
+)
 from clipforget.data.types import EvalSet, Record, ScenarioSplits
 
 __all__ = [

@@ -33,7 +33,12 @@ import numpy as np
 from PIL import Image
 
 from clipforget.config import Config, ConfigError, require
-from clipforget.data.locations import DataNotFoundError, cache_dir, extract_archive, find_archive
+from clipforget.data.locations import (
+    DataNotFoundError,
+    cache_dir,
+    extract_archive,
+    find_archive,
+)
 
 log = logging.getLogger(__name__)
 

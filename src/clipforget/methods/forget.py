@@ -16,7 +16,12 @@ import torch
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.base import UnlearnData
-from clipforget.methods.losses import embed_images, encode_texts, forget_loss, forget_similarity
+from clipforget.methods.losses import (
+    embed_images,
+    encode_texts,
+    forget_loss,
+    forget_similarity,
+)
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 from clipforget.zeroshot import build_zero_shot_classifier

@@ -13,7 +13,6 @@ from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
 from clipforget.methods.base import (
-    clone_model,
     InMemoryStore,
     Method,
     MethodResult,
@@ -21,16 +20,27 @@ from clipforget.methods.base import (
     StageStore,
     StateDict,
     UnlearnData,
+    clone_model,
     load_partial_state,
     register_method,
     run_stage,
     stage_generator,
 )
-from clipforget.methods.fisher import SelectConfig, candidate_layers, fisher_scores, top_layers
+from clipforget.methods.fisher import (
+    SelectConfig,
+    candidate_layers,
+    fisher_scores,
+    top_layers,
+)
 from clipforget.methods.forget import ForgetConfig, forget_stage
 from clipforget.methods.remind import DistillConfig, remind_stage
 from clipforget.methods.scoring import make_score_fn
-from clipforget.methods.souping import SoupChoice, greedy_soup, search_alpha, weighted_soup
+from clipforget.methods.souping import (
+    SoupChoice,
+    greedy_soup,
+    search_alpha,
+    weighted_soup,
+)
 from clipforget.methods.training import TrainConfig
 from clipforget.models.base import DualEncoder
 

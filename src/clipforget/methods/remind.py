@@ -20,7 +20,14 @@ from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.base import UnlearnData
 from clipforget.methods.forget import ForgetConfig, forget_progress
-from clipforget.methods.losses import class_embeddings, embed_images, embedding_distance, encode_texts, forget_loss, kd_kl
+from clipforget.methods.losses import (
+    class_embeddings,
+    embed_images,
+    embedding_distance,
+    encode_texts,
+    forget_loss,
+    kd_kl,
+)
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 from clipforget.zeroshot import build_zero_shot_classifier

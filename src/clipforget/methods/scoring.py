@@ -13,7 +13,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from clipforget.methods.base import ScoreFn, UnlearnData, clone_model, load_partial_state
+from clipforget.methods.base import (
+    ScoreFn,
+    UnlearnData,
+    clone_model,
+    load_partial_state,
+)
 from clipforget.methods.forget import forget_progress
 from clipforget.methods.losses import embed_images
 from clipforget.models.base import DualEncoder

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from clipforget.models.base import TOWERS, DualEncoder, ModelSpec, TextBatch, Tower, to_device
+from clipforget.models.base import (
+    TOWERS,
+    DualEncoder,
+    ModelSpec,
+    TextBatch,
+    Tower,
+    to_device,
+)
 
 # backend name -> loader(spec) -> DualEncoder. Explicit and duplicate-free: see register_backend.
 _BACKENDS: dict[str, Callable[[ModelSpec], DualEncoder]] = {}

@@ -7,12 +7,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
-from open_clip.modified_resnet import ModifiedResNet
 import torch
+from open_clip.modified_resnet import ModifiedResNet
 from torch import Tensor
 
 from clipforget.io import atomic_save_safetensors, atomic_write_json
-from clipforget.models.base import DualEncoder, ImageStage, ModelSpec, TextBatch, Tower, normalize
+from clipforget.models.base import (
+    DualEncoder,
+    ImageStage,
+    ModelSpec,
+    TextBatch,
+    Tower,
+    normalize,
+)
 
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"

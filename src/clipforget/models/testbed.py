@@ -37,7 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from clipforget.io import atomic_save_safetensors, atomic_write_json
-from clipforget.models.base import DualEncoder, ImageStage, ModelSpec, TextBatch, Tower, normalize
+from clipforget.models.base import (
+    DualEncoder,
+    ImageStage,
+    ModelSpec,
+    TextBatch,
+    normalize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -319,13 +325,6 @@ class TestbedModel(DualEncoder):
         stages.append(ImageStage("image_head", lambda x: self.model.image_head(tower.forward_head(x)),
                                  ("image_tower.global_pool", "image_tower.classifier", "image_head")))
         return stages
-
-    def tower_of(self, param_name: str) -> Tower | None:
-        if param_name.startswith(self.image_prefixes):
-            return "image"
-        if param_name.startswith(self.text_prefixes):
-            return "text"
-        return None
 
     def saved_id(self, directory: str | Path) -> str:
         return f"testbed@{directory}"

@@ -20,9 +20,14 @@ from torch import Tensor
 
 from clipforget.models import load_model
 from clipforget.models.testbed import TestbedModel, load_package_image_tower
-from clipforget.testbed.features import image_features, tensor_digest
-from clipforget.testbed.names import ImageSet, PHOTO_TEMPLATES, imagenet_classnames, standard_sets
-from clipforget.zeroshot import build_zero_shot_classifier
+from clipforget.testbed.features import image_features
+from clipforget.testbed.names import (
+    PHOTO_TEMPLATES,
+    ImageSet,
+    imagenet_classnames,
+    standard_sets,
+)
+from clipforget.zeroshot import build_zero_shot_classifier, state_dict_digest
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def _features(model: TestbedModel, image_set: ImageSet, digest: str) -> tuple[Te
 def evaluate(model: TestbedModel, train_per_class: int = 200, test_per_class: int = 100) -> list[dict]:
     """One record per row: name, images, classes, zero-shot top-1, ceiling top-1 and what the ceiling is."""
     sets = standard_sets(train_per_class, test_per_class)
-    digest = tensor_digest(model.model.image_tower.state_dict())
+    digest = state_dict_digest(model.model.image_tower.state_dict())
     rows = []
     for label, test_name, train_name in ROWS:
         xte, yte, classes = _features(model, sets[test_name], digest)
@@ -140,7 +145,7 @@ def tower_report(sizes: Sequence[int], batch_size: int = 32, repeats: int = 3) -
     name_to_wnid = {v: k for k, v in IMAGENETTE_CLASSES.items()}
     y = torch.tensor([wnid_index[name_to_wnid[e.classname]] for e in entries])
     tower = base.model.image_tower.eval()
-    digest = tensor_digest(tower.state_dict())
+    digest = state_dict_digest(tower.state_dict())
     rows = []
     for size in sizes:
         model = TestbedModel(base.model, base.spec, TestbedConfig(image_size=size), base.tokenizer)

@@ -20,22 +20,13 @@ from clipforget.data.sources import ImageSource
 from clipforget.io import atomic_save_safetensors
 from clipforget.models.base import to_device
 from clipforget.models.testbed import TestbedModel
+from clipforget.zeroshot import state_dict_digest
 
 log = logging.getLogger(__name__)
 
 
 def default_cache() -> Path:
     return cache_dir() / "testbed-features"
-
-
-def tensor_digest(state: dict[str, Tensor]) -> str:
-    """sha256 over names, shapes and bytes of a state dict."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k].detach().cpu().contiguous()
-        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _images_digest(source: ImageSource, keys: Sequence[str]) -> str:
@@ -59,7 +50,7 @@ def image_features(
 ) -> Tensor:
     """Pooled image-tower features (N, 1280) of ``source``'s images ``keys``, from the cache when there."""
     cache = Path(cache) if cache is not None else default_cache()
-    tower_digest = tower_digest or tensor_digest(model.model.image_tower.state_dict())
+    tower_digest = tower_digest or state_dict_digest(model.model.image_tower.state_dict())
     h = hashlib.sha256(f"{tower_digest}|{model.preprocess!r}|{model.config.image_mean}|{model.config.image_std}".encode())
     h.update(_images_digest(source, keys).encode())
     path = cache / f"{h.hexdigest()[:32]}.safetensors"

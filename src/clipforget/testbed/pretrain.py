@@ -33,10 +33,22 @@ from tqdm.auto import tqdm
 
 from clipforget.config import Config, require
 from clipforget.io import atomic_write_json
-from clipforget.models.testbed import TEXT_DIM, TestbedConfig, TestbedModel, load_package_image_tower, save_heads
+from clipforget.models.testbed import (
+    TEXT_DIM,
+    TestbedConfig,
+    TestbedModel,
+    load_package_image_tower,
+    save_heads,
+)
 from clipforget.testbed.bridge import bridge_heads, ridge_holdout_top1
-from clipforget.testbed.features import image_features, tensor_digest, text_features
-from clipforget.testbed.names import BRIDGE_TEMPLATE, ImageSet, imagenet_classnames, standard_sets
+from clipforget.testbed.features import image_features, text_features
+from clipforget.testbed.names import (
+    BRIDGE_TEMPLATE,
+    ImageSet,
+    imagenet_classnames,
+    standard_sets,
+)
+from clipforget.zeroshot import state_dict_digest
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +193,7 @@ def pretrain(config: PretrainConfig) -> tuple[TestbedModel, dict]:
     t0 = time.time()
     model = TestbedModel.from_packages(config=TestbedConfig(image_size=config.image_size, embed_dim=TEXT_DIM)).eval()
     _, classifier = load_package_image_tower()
-    digest = tensor_digest(model.model.image_tower.state_dict())
+    digest = state_dict_digest(model.model.image_tower.state_dict())
     inet = text_features(model, [BRIDGE_TEMPLATE.format(n) for n in imagenet_classnames()])
     ridge = config.ridge
     r2 = {r: ridge_holdout_top1(inet, classifier["weight"], r) for r in RIDGE_GRID}

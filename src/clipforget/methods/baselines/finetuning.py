@@ -17,12 +17,12 @@ from clipforget.config import require
 from clipforget.methods.base import UnlearnData, register_method
 from clipforget.methods.baselines.common import (
     Baseline,
-    TrainedConfig,
-    gradients,
-    forget_nll,
     BestWeights,
+    TrainedConfig,
     clip_logits,
     forget_log_prob,
+    forget_nll,
+    gradients,
     retain_ce,
     text_heads,
     tower_params,

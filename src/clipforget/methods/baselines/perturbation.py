@@ -13,11 +13,11 @@ from clipforget.config import require
 from clipforget.methods.base import UnlearnData, register_method
 from clipforget.methods.baselines.common import (
     Baseline,
-    TrainedConfig,
-    gradients,
     BestWeights,
+    TrainedConfig,
     clip_logits,
     forget_log_prob,
+    gradients,
     retain_ce,
     text_heads,
     tower_params,
