@@ -86,3 +86,17 @@ def test_forget_holdout_splits_d_f_into_disjoint_deterministic_parts():
     assert torch.equal(again.forget_images, fit.forget_images)
     same, same_check = split_forget(data, 0.0, seed=0)
     assert same is data and same_check is data
+
+
+def test_alpha_tolerance_prefers_the_smallest_feasible_alpha_near_the_best_utility():
+    from clipforget.methods.souping import _pick
+
+    curve = [
+        {"alpha": 0.0, "utility": 0.80, "forget_acc": 0.6},
+        {"alpha": 0.3, "utility": 0.745, "forget_acc": 0.0},
+        {"alpha": 0.6, "utility": 0.70, "forget_acc": 0.0},
+        {"alpha": 1.0, "utility": 0.75, "forget_acc": 0.0},
+    ]
+    assert _pick(curve, forget_target=0.0) == 3  # the best feasible utility
+    assert _pick(curve, forget_target=0.0, tolerance=0.01) == 1  # within 0.01 of it, closest to the original
+    assert _pick(curve, forget_target=0.0, tolerance=0.0) == 3

@@ -60,19 +60,24 @@ class RestoreConfig(Config):
     holdout: fraction of D_f kept out of select / forget / remind and used only to measure the forget
         accuracy that constrains alpha (an honest estimate of the Target on unseen subgroup images;
         the forget-set accuracy of images the model was tuned on is optimistic). 0: use all of D_f.
+    tolerance: take the smallest feasible alpha whose utility is within this of the best feasible
+        utility (0: the best). Measured on cifar10-cat, seed 1: picking the best calibration utility
+        chose alpha = 1 and lost 56 points on held-out Fashion-MNIST that calibration cannot see.
     Defaults measured on the testbed (seed 0): with forget_target 0.05 and no holdout, cifar10-cat
     kept 18% Target on its test images while the forget set was at 4%.
     """
 
     mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
-    grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    grid: tuple[float, ...] = tuple(i / 20 for i in range(21))
     forget_target: float = 0.0
     holdout: float = 0.2
+    tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
         require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
         require(0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}")
+        require(0 <= self.tolerance <= 1, f"tolerance must be in [0, 1], got {self.tolerance}")
 
 
 @dataclass(frozen=True)
@@ -209,7 +214,7 @@ class Ours(Method):
         unlearned = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
         cfg = config.restore
         if cfg.mode == "interpolate":
-            return search_alpha(original, unlearned, score_fn, cfg.grid, cfg.forget_target)
+            return search_alpha(original, unlearned, score_fn, sorted(cfg.grid), cfg.forget_target, cfg.tolerance)
         if cfg.mode == "greedy":
             return greedy_soup([unlearned, {**original, **after_forget}, original], score_fn, cfg.forget_target)
         layers = student.layers()

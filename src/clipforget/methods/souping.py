@@ -84,10 +84,14 @@ class SoupChoice:
     choice: dict[str, float]
 
 
-def _pick(curve: list[dict[str, float]], forget_target: float) -> int:
+def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0) -> int:
+    """The feasible entry with the best utility; with ``tolerance``, the earliest feasible entry whose
+    utility is within ``tolerance`` of that best (the grid runs from the original toward the
+    unlearned weights, so earlier means fewer changes to what calibration does not measure)."""
     feasible = [i for i, c in enumerate(curve) if c["forget_acc"] <= forget_target]
     if feasible:
-        return max(feasible, key=lambda i: (curve[i]["utility"], -i))
+        best = max(curve[i]["utility"] for i in feasible)
+        return min(i for i in feasible if curve[i]["utility"] >= best - tolerance)
     log.warning("no candidate reaches forget accuracy <= %s; taking the one that forgets most", forget_target)
     return min(range(len(curve)), key=lambda i: (curve[i]["forget_acc"], -curve[i]["utility"], i))
 
@@ -98,8 +102,10 @@ def search_alpha(
     score_fn: ScoreFn,
     grid: Sequence[float],
     forget_target: float,
+    tolerance: float = 0.0,
 ) -> SoupChoice:
-    """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid``; pick the best feasible."""
+    """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid`` (ascending); pick the best
+    feasible one, or with ``tolerance`` the smallest feasible alpha within it of the best utility."""
     if not grid:
         raise ValueError("the alpha grid is empty")
     curve = []
@@ -107,7 +113,7 @@ def search_alpha(
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
         log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
-    best = _pick(curve, forget_target)
+    best = _pick(curve, forget_target, tolerance)
     return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
 
 
