@@ -61,7 +61,8 @@ def plot_fisher(scores: Mapping[str, float], selected: Sequence[str], path: Path
     vals = [v for _, v in items][::-1]
     colors = ["tab:red" if n in selected else "tab:gray" for n in names]
     ax.barh(names, vals, color=colors)
-    ax.set_xscale("log")
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 10:
+        ax.set_xscale("log")  # linear reads better when the scores span less than a decade
     ax.set_xlabel("relative Fisher information (forget / retain)")
     ax.set_title(f"Top {len(items)} layers; red = tuned")
     ax.tick_params(axis="y", labelsize=7)
