@@ -48,6 +48,9 @@ from clipforget.models.base import DualEncoder
 
 # -- losses ----------------------------------------------------------------------------------------
 
+#: The training budget of every trained baseline's smoke_config (about a second on tiny models).
+SMOKE_TRAIN = TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=2)
+
 
 def text_heads(model: DualEncoder, data: UnlearnData) -> Tensor:
     """(D, 1 + C) with gradient: the forget text's embedding, then every class's zero-shot head."""

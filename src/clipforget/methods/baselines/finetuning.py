@@ -16,6 +16,7 @@ from torch import Tensor
 from clipforget.config import require
 from clipforget.methods.base import UnlearnData, register_method
 from clipforget.methods.baselines.common import (
+    SMOKE_TRAIN,
     Baseline,
     BestWeights,
     TrainedConfig,
@@ -28,10 +29,8 @@ from clipforget.methods.baselines.common import (
     tower_params,
     train_keeping_best,
 )
-from clipforget.methods.training import BatchStream, TrainConfig
+from clipforget.methods.training import BatchStream
 from clipforget.models.base import DualEncoder
-
-SMOKE_TRAIN = TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=2)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from clipforget.config import require
 from clipforget.methods.base import UnlearnData, register_method
 from clipforget.methods.baselines.common import (
+    SMOKE_TRAIN,
     Baseline,
     BestWeights,
     TrainedConfig,
@@ -28,9 +29,6 @@ from clipforget.methods.fisher import top_layers
 from clipforget.methods.losses import encode_texts
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
-
-SMOKE_TRAIN = TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=2)
-
 
 # -- EMMN -------------------------------------------------------------------------------------------
 
