@@ -23,7 +23,8 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import ForgetConfig, forget_progress, forget_stage
+from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress, forget_stage
+from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
 from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model
 
@@ -84,6 +85,40 @@ def test_forget_changes_only_the_selected_layers_and_lowers_similarity(model, us
     assert info["steps_run"] == 8 and not info["stopped_early"]
 
 
+def forget_label_probability(model: DualEncoder, data: UnlearnData) -> float:
+    with torch.no_grad():
+        classifier = class_embeddings(model, data.classnames, data.templates)
+        logits = model.logit_scale * embed_images(model, data.forget_images) @ classifier
+    return float(logits.softmax(-1)[:, data.forget_label].mean())
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_the_class_term_pushes_forget_images_off_their_label(model, tower):
+    data = make_data()
+    layers = model.layers()
+    pick = next(n for n, ps in layers.items() if model.tower_of(ps[0]) == tower and any(p.endswith("weight") for p in ps))
+    weights = [model.model.get_parameter(p) for p in layers[pick] if p.endswith("weight")]
+    # the similarity term is off (hinged at delta 1 it is zero): only the class term can move the weights
+    objective = ForgetObjective(model, data, ForgetConfig(delta=1.0, hinge=True, class_weight=1.0), layers[pick])
+    start = forget_label_probability(model, data)
+    for _ in range(10):
+        grads = torch.autograd.grad(objective(data.forget_images)["loss"], weights)
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                w -= 0.05 * g / (g.norm() + 1e-12)
+    assert forget_label_probability(model, data) < start - 1e-4
+    silent = ForgetObjective(model, data, ForgetConfig(delta=1.0, hinge=True, class_weight=0.0), layers[pick])
+    assert float(silent(data.forget_images)["loss"]) == 0.0
+
+
+def test_forget_class_loss_is_bounded_and_vanishes_off_the_label():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [-10.0, 0.0, 0.0]], requires_grad=True)
+    loss = forget_class_loss(logits, 0)
+    loss.backward()
+    assert math.isfinite(float(loss)) and float(loss) > 0
+    assert logits.grad[1].abs().max() < 1e-4 < logits.grad[0].abs().max()  # off the label: no push
+
+
 def test_forget_stops_once_below_delta(model):
     data = make_data()
     params = model.layers()[next(iter(model.layers()))]
@@ -124,6 +159,26 @@ def test_remind_moves_retain_logits_toward_the_teacher(model):
                         torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
     assert distillation_gap(student, teacher, data.retain_images, data) < gap_before
     assert set(info["curves"]) == {"loss", "kd", "embed"}
+
+
+def retain_cross_entropy(model: DualEncoder, data: UnlearnData) -> float:
+    with torch.no_grad():
+        logits = model.logit_scale * embed_images(model, data.retain_images) @ class_embeddings(model, data.classnames, data.templates)
+    return float(torch.nn.functional.cross_entropy(logits, data.retain_labels))
+
+
+def test_remind_label_term_lowers_the_retain_cross_entropy(model):
+    data = make_data()
+    student = clone_model(model)
+    params = [p for n, ps in model.layers(("image",)).items() for p in ps][-6:]
+    start = retain_cross_entropy(student, data)
+    # only the label term: no KD, no embedding term, no forget term, retain images only
+    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), kd_weight=0.0, embed_weight=0.0,
+                            forget_weight=0.0, use_calibration=False, ce_weight=1.0)  # fmt: skip
+    info = remind_stage(student, model, data, data.retain_images, params, distill, ForgetConfig(), AdapterConfig(rank=2),
+                        torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
+    assert retain_cross_entropy(student, data) < start
+    assert "ce" in info["curves"]
 
 
 def test_alignment_reduces_the_statistics_distance_within_the_bound(model):

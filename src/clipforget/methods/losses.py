@@ -33,6 +33,16 @@ def forget_loss(similarity: Tensor, delta: float, hinge: bool) -> Tensor:
     return F.relu(similarity - delta).mean() if hinge else similarity.mean()
 
 
+def forget_class_loss(logits: Tensor, label: int) -> Tensor:
+    """``-log(1 - p(label))`` over the class prompts, averaged: pushes images off their class, bounded below.
+
+    Unlike gradient ascent on the cross-entropy (unbounded, and it wrecks the model), the gradient
+    vanishes once the label's probability is small, so it stops by itself.
+    """
+    p = F.softmax(logits.float(), -1)[:, label]
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
+
+
 def kd_kl(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """KL(teacher || student) between the softmax distributions, averaged over the batch."""
     return F.kl_div(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean")
