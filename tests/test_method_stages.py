@@ -23,7 +23,12 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress, forget_stage
+from clipforget.methods.forget import (
+    ForgetConfig,
+    ForgetObjective,
+    forget_progress,
+    forget_stage,
+)
 from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
 from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model
