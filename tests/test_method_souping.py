@@ -53,6 +53,20 @@ def test_search_alpha_picks_the_best_feasible_alpha():
     assert none_feasible.choice["alpha"] == 0.5  # the one that forgets most
 
 
+def test_search_alpha_margin_keeps_away_from_the_edge_of_the_feasible_region():
+    orig, unl = states()
+
+    def score(sd):  # forget accuracy reaches 0 at alpha 0.5; utility flat
+        alpha = float(((sd["w"] - orig["w"]) / (unl["w"] - orig["w"])).mean())
+        return 0.9, max(0.0, 0.5 - round(alpha, 4))
+
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01).choice["alpha"] == 0.5
+    assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01, margin=1).choice["alpha"] == 0.75
+    # no alpha keeps the margin: the plain feasible choice, not a failure
+    assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01, margin=4).choice["alpha"] == 0.5
+
+
 def test_weighted_soup_follows_the_weights():
     orig, unl = states()
     soup = weighted_soup([orig, unl], [{"w": 1.0, "b": 0.0, "n": 1.0}, {"w": 0.0, "b": 1.0, "n": 1.0}])

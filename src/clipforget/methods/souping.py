@@ -84,11 +84,17 @@ class SoupChoice:
     choice: dict[str, float]
 
 
-def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0) -> int:
+def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0, margin: int = 0) -> int:
     """The feasible entry with the best utility; with ``tolerance``, the earliest feasible entry whose
     utility is within ``tolerance`` of that best (the grid runs from the original toward the
-    unlearned weights, so earlier means fewer changes to what calibration does not measure)."""
-    feasible = [i for i, c in enumerate(curve) if c["forget_acc"] <= forget_target]
+    unlearned weights, so earlier means fewer changes to what calibration does not measure).
+    With ``margin``, an entry counts as feasible only if the ``margin`` entries before it are too:
+    the choice keeps that many grid steps away from the edge of the feasible region."""
+    ok = [c["forget_acc"] <= forget_target for c in curve]
+    feasible = [i for i in range(len(curve)) if i >= margin and all(ok[i - margin : i + 1])]
+    if not feasible and any(ok):
+        log.warning("no feasible alpha keeps a margin of %d grid steps; taking the feasible ones without it", margin)
+        feasible = [i for i in range(len(curve)) if ok[i]]
     if feasible:
         best = max(curve[i]["utility"] for i in feasible)
         return min(i for i in feasible if curve[i]["utility"] >= best - tolerance)
@@ -103,9 +109,11 @@ def search_alpha(
     grid: Sequence[float],
     forget_target: float,
     tolerance: float = 0.0,
+    margin: int = 0,
 ) -> SoupChoice:
     """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid`` (ascending); pick the best
-    feasible one, or with ``tolerance`` the smallest feasible alpha within it of the best utility."""
+    feasible one, or with ``tolerance`` the smallest feasible alpha within it of the best utility
+    (``margin``: see ``_pick``)."""
     if not grid:
         raise ValueError("the alpha grid is empty")
     curve = []
@@ -113,7 +121,7 @@ def search_alpha(
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
         log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
-    best = _pick(curve, forget_target, tolerance)
+    best = _pick(curve, forget_target, tolerance, margin)
     return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
 
 
