@@ -42,13 +42,15 @@ class ForgetConfig(Config):
     class_weight: weight of a second forget term, ``-log(1 - p(label))`` of the forget images over the
         scenario's class prompts (beyond the paper, which only lowers the forget-text similarity): it
         pushes the subgroup off its label among the classes Target is scored on, and it saturates.
+        Default 1, measured (testbed, seed 0): springer-in-dog Target 8% -> 0% (Score 97.5 -> 98.2),
+        fmnist-sneaker 3.6% (3-seed mean) -> 1.3%, cifar10-cat Score 99.85.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=1e-3, batch_size=32))
     delta: float = -0.5
     hinge: bool = False
     target_acc: float | None = None
-    class_weight: float = 0.0
+    class_weight: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.class_weight >= 0, f"class_weight must be >= 0, got {self.class_weight}")

@@ -65,7 +65,8 @@ class RestoreConfig(Config):
         chose alpha = 1 and lost 56 points on held-out Fashion-MNIST that calibration cannot see.
     margin: the chosen alpha must have this many grid steps before it feasible too, so it is not at the
         very edge where the holdout's forget accuracy first reaches the target (a few holdout images
-        cannot place that edge exactly; unseen subgroup images cross it a little later).
+        cannot place that edge exactly; unseen subgroup images cross it a little later). Default 1,
+        measured (testbed, seed 0): fmnist-sneaker Target 1.3% -> 0% (Score 99.6 -> 100.0).
     Defaults measured on the testbed (seed 0): with forget_target 0.05 and no holdout, cifar10-cat
     kept 18% Target on its test images while the forget set was at 4%.
     """
@@ -75,7 +76,7 @@ class RestoreConfig(Config):
     forget_target: float = 0.0
     holdout: float = 0.2
     tolerance: float = 0.01
-    margin: int = 0
+    margin: int = 1
 
     def __post_init__(self) -> None:
         require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
