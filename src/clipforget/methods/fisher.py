@@ -28,7 +28,12 @@ class SelectConfig(Config):
     """Which layers the forget stage may tune.
 
     top_k: how many layers to select.
-    towers: candidate towers ("image", "text").
+    towers: candidate towers ("image", "text"). Default the text tower, measured (testbed, seed 0):
+        relative Fisher ranked image layers first on cifar10-cat and tuning them cost held-out
+        Fashion-MNIST (87.3 -> 84.0, Score 99.2); text layers only: 87.0, Score 99.6. On
+        springer-in-dog and fmnist-sneaker the top 8 over both towers were text layers anyway, and
+        image layers only on springer-in-dog lost 11 points of held-out Imagenette (Score 94.6).
+        ``[image, text]`` is the paper's candidate set.
     include: regexes (``re.search`` on layer names); when non-empty a candidate must match one.
     exclude: regexes; a layer matching any is never a candidate.
     max_samples: at most this many images per set for the Fisher (a seeded subset).
@@ -37,7 +42,7 @@ class SelectConfig(Config):
     """
 
     top_k: int = 8
-    towers: tuple[str, ...] = ("image", "text")
+    towers: tuple[str, ...] = ("text",)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_samples: int = 64

@@ -35,7 +35,9 @@ from clipforget.zeroshot import build_zero_shot_classifier
 class DistillConfig(Config):
     """The remind fine-tuning.
 
-    train: optimisation (EMA of the tuned weights via ``train.ema_decay``).
+    train: optimisation (EMA of the tuned weights via ``train.ema_decay``). 200 steps: at 100 the KD
+        loss was still falling on springer-in-dog and the reminded weights forgot only 98% of the
+        holdout (seed 1).
     kd_weight: weight of KL(teacher || student) over the class prompts.
     embed_weight: weight of ``1 - cos`` between student and teacher image embeddings.
     forget_weight: weight of the forget loss kept active during reminding (default 5: on springer-in-dog
@@ -46,7 +48,7 @@ class DistillConfig(Config):
         term's pull on the subgroup's siblings (the CIFAR-10 dogs in springer-in-dog).
     """
 
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, lr=5e-4, batch_size=32, ema_decay=0.9))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=5e-4, batch_size=32, ema_decay=0.9))
     kd_weight: float = 1.0
     embed_weight: float = 1.0
     forget_weight: float = 5.0
