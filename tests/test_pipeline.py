@@ -74,6 +74,10 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, t
     resumed = [r.getMessage() for r in caplog.records if "already finished" in r.getMessage()]
     assert any("'select'" in m for m in resumed) and any("'remind'" in m for m in resumed)
     assert not any("'restore'" in m for m in resumed)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["resumed_stages"] == ["select", "forget", "remind"]
+    stored = sum(json.loads((tmp_path / "run" / "stages" / f"{s}.json").read_text())["seconds"] for s in info["resumed_stages"])
+    assert info["compute_seconds"] == pytest.approx(info["wall_seconds"] + stored)
     for k, v in first.model.model.state_dict().items():
         assert torch.equal(v, second.model.model.state_dict()[k]), k
 

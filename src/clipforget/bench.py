@@ -90,7 +90,7 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         rows.append({
             "scenario": cell.parent.parent.name, "method": cell.parent.name, "seed": int(cell.name[4:]),
             "target": u["target"], "retain": u["retain"], **{f"heldout/{k}": v for k, v in u["heldout"].items()},
-            "score": metrics["score"], "seconds": info.get("wall_seconds"),
+            "score": metrics["score"], "seconds": info.get("compute_seconds", info.get("wall_seconds")),
             "original": {"target": metrics["original"]["target"], "retain": metrics["original"]["retain"],
                          **{f"heldout/{k}": v for k, v in metrics["original"]["heldout"].items()}},
         })

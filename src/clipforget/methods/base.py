@@ -129,11 +129,12 @@ def _copy_payload(payload: dict[str, Any]) -> dict[str, Any]:
 def run_stage(
     store: StageStore, stage: str, model: DualEncoder, fn: Callable[[], tuple[dict[str, Any], StateDict]]
 ) -> dict[str, Any]:
-    """Run ``fn() -> (info, changed_state)`` once: on a later call, load its saved result instead."""
+    """Run ``fn() -> (info, changed_state)`` once: on a later call, load its saved result instead
+    (its info then says ``resumed``; ``seconds`` stays the time the stage took when it ran)."""
     cached = store.load(stage)
     if cached is not None:
         load_partial_state(model, cached["state"])
-        return cached["info"]
+        return {**cached["info"], "resumed": True}
     start = time.perf_counter()
     info, state = fn()
     info = {**info, "seconds": time.perf_counter() - start}
