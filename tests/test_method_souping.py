@@ -53,12 +53,31 @@ def test_search_alpha_picks_the_best_feasible_alpha():
     assert none_feasible.choice["alpha"] == 0.5  # the one that forgets most
 
 
-def test_search_alpha_margin_keeps_away_from_the_edge_of_the_feasible_region():
+def test_search_alpha_center_keeps_away_from_both_edges_of_the_feasible_region():
+    orig, unl = states()
+
+    def score(sd):  # forgotten only for alpha in [0.375, 0.875]: reminding brings the subgroup back at 1
+        alpha = round(float(((sd["w"] - orig["w"]) / (unl["w"] - orig["w"])).mean()), 4)
+        return 0.9, 0.0 if 0.375 <= alpha <= 0.875 else 0.5
+
+    grid = [i / 8 for i in range(9)]
+    assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01, rule="edge").choice["alpha"] == 0.375
+    assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01, rule="center").choice["alpha"] == 0.625
+    # the utility tolerance still rules: only alpha 0.875 is near the best utility, so it is taken
+
+    def best_late(sd):
+        utility, forget_acc = score(sd)
+        return utility + 0.05 * bool(torch.allclose(sd["w"], interpolate(orig, unl, 0.875)["w"])), forget_acc
+
+    assert search_alpha(orig, unl, best_late, grid, forget_target=0.0, tolerance=0.01, rule="center").choice["alpha"] == 0.875
+
+
+def test_search_alpha_margin_keeps_the_edge_rule_inside_the_feasible_region():
     orig, unl = states()
 
     def score(sd):  # forget accuracy reaches 0 at alpha 0.5; utility flat
-        alpha = float(((sd["w"] - orig["w"]) / (unl["w"] - orig["w"])).mean())
-        return 0.9, max(0.0, 0.5 - round(alpha, 4))
+        alpha = round(float(((sd["w"] - orig["w"]) / (unl["w"] - orig["w"])).mean()), 4)
+        return 0.9, max(0.0, 0.5 - alpha)
 
     grid = [0.0, 0.25, 0.5, 0.75, 1.0]
     assert search_alpha(orig, unl, score, grid, forget_target=0.0, tolerance=0.01).choice["alpha"] == 0.5

@@ -84,20 +84,36 @@ class SoupChoice:
     choice: dict[str, float]
 
 
-def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0, margin: int = 0) -> int:
-    """The feasible entry with the best utility; with ``tolerance``, the earliest feasible entry whose
-    utility is within ``tolerance`` of that best (the grid runs from the original toward the
-    unlearned weights, so earlier means fewer changes to what calibration does not measure).
-    With ``margin``, an entry counts as feasible only if the ``margin`` entries before it are too:
-    the choice keeps that many grid steps away from the edge of the feasible region."""
+def _steps_inside(ok: Sequence[bool], i: int) -> int:
+    """Grid steps from entry ``i`` to the nearest infeasible entry (the grid's ends count as one)."""
+    below = max((j for j in range(i) if not ok[j]), default=-1)
+    above = min((j for j in range(i + 1, len(ok)) if not ok[j]), default=len(ok))
+    return min(i - below, above - i)
+
+
+def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0, rule: str = "edge", margin: int = 0) -> int:
+    """Among feasible entries whose utility is within ``tolerance`` of the best feasible utility:
+
+    - ``edge``: the earliest (the grid runs from the original toward the unlearned weights, so earlier
+      means fewer changes to what calibration does not measure); with ``margin``, an entry counts as
+      feasible only if the ``margin`` entries before it are too (when none is, the margin is dropped);
+    - ``center``: the one farthest, in grid steps, from any infeasible entry (ties: the earliest). The
+      forget accuracy of a few holdout images places the edges of the feasible region only roughly,
+      and it need not fall monotonically: reminding can bring part of the subgroup back near alpha = 1.
+    """
     ok = [c["forget_acc"] <= forget_target for c in curve]
-    feasible = [i for i in range(len(curve)) if i >= margin and all(ok[i - margin : i + 1])]
-    if not feasible and any(ok):
-        log.warning("no feasible alpha keeps a margin of %d grid steps; taking the feasible ones without it", margin)
-        feasible = [i for i in range(len(curve)) if ok[i]]
+    feasible = [i for i in range(len(curve)) if ok[i]]
+    if rule == "edge" and margin > 0:
+        inside = [i for i in feasible if i >= margin and all(ok[i - margin : i + 1])]
+        if feasible and not inside:
+            log.warning("no feasible alpha has %d feasible grid steps before it; taking the margin away", margin)
+        feasible = inside or feasible
     if feasible:
         best = max(curve[i]["utility"] for i in feasible)
-        return min(i for i in feasible if curve[i]["utility"] >= best - tolerance)
+        near = [i for i in feasible if curve[i]["utility"] >= best - tolerance]
+        if rule == "center":
+            return max(near, key=lambda i: (_steps_inside(ok, i), -i))
+        return min(near)
     log.warning("no candidate reaches forget accuracy <= %s; taking the one that forgets most", forget_target)
     return min(range(len(curve)), key=lambda i: (curve[i]["forget_acc"], -curve[i]["utility"], i))
 
@@ -109,11 +125,11 @@ def search_alpha(
     grid: Sequence[float],
     forget_target: float,
     tolerance: float = 0.0,
+    rule: str = "edge",
     margin: int = 0,
 ) -> SoupChoice:
     """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid`` (ascending); pick the best
-    feasible one, or with ``tolerance`` the smallest feasible alpha within it of the best utility
-    (``margin``: see ``_pick``)."""
+    feasible one, or with ``tolerance`` one within it of the best utility chosen by ``rule`` (see ``_pick``)."""
     if not grid:
         raise ValueError("the alpha grid is empty")
     curve = []
@@ -121,7 +137,7 @@ def search_alpha(
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
         log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
-    best = _pick(curve, forget_target, tolerance, margin)
+    best = _pick(curve, forget_target, tolerance, rule, margin)
     return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
 
 
