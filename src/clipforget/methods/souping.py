@@ -132,6 +132,8 @@ def search_alpha(
     feasible one, or with ``tolerance`` one within it of the best utility chosen by ``rule`` (see ``_pick``)."""
     if not grid:
         raise ValueError("the alpha grid is empty")
+    if rule not in ("edge", "center"):
+        raise ValueError(f"unknown alpha rule {rule!r}: use 'edge' or 'center'")
     curve = []
     for a in grid:
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
