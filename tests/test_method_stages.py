@@ -61,11 +61,13 @@ def changed_keys(before: dict, after: dict) -> set[str]:
 
 def test_fisher_scores_every_candidate_and_top_k_is_deterministic(model):
     data = make_data()
-    config = SelectConfig(top_k=3, max_samples=3)
+    config = SelectConfig(top_k=3, max_samples=3, towers=("image", "text"))  # the paper's candidate set
     layers = candidate_layers(model, config)
+    assert {model.tower_of(ps[0]) for ps in layers.values()} == {"image", "text"}
     scores = fisher_scores(model, data, layers, config, torch.Generator().manual_seed(0))
     assert set(scores.relative) == set(layers) and all(v >= 0 and math.isfinite(v) for v in scores.forget.values())
-    assert any(v > 0 for v in scores.forget.values())
+    assert any(v > 0 for n, v in scores.forget.items() if model.tower_of(layers[n][0]) == "image")
+    assert any(v > 0 for n, v in scores.forget.items() if model.tower_of(layers[n][0]) == "text")
     chosen = top_layers(scores.relative, 3)
     assert len(chosen) == 3 and min(scores.relative[c] for c in chosen) >= sorted(scores.relative.values())[-3]
     text_only = candidate_layers(model, SelectConfig(towers=("text",), exclude=(r"ln",)))
