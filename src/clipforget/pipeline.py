@@ -286,24 +286,17 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
                                              "unlearned": unlearned_metrics.to_dict(), "score": score})
     wall = time.time() - started
-    info.update(status="finished", unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **_stage_times(result.diagnostics)},
-                wall_seconds=wall, resumed_stages=_resumed(result.diagnostics),
-                compute_seconds=wall + _resumed_seconds(result.diagnostics))
+    stage_times = _stage_times(result.diagnostics)
+    resumed = [k for k, v in result.diagnostics.items() if v.get("resumed")]  # their seconds are from the first attempt
+    info.update(status="finished", unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **stage_times},
+                wall_seconds=wall, resumed_stages=resumed,
+                compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
     atomic_write_json(out / "run.json", info)
     write_report(out)
     log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
              prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
              original_metrics.retain, unlearned_metrics.retain, score)
     return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score)
-
-
-def _resumed(diagnostics: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return [k for k, v in diagnostics.items() if v.get("resumed")]
-
-
-def _resumed_seconds(diagnostics: Mapping[str, Mapping[str, Any]]) -> float:
-    """The stored run time of the stages loaded from an earlier attempt (compute a fresh run would need)."""
-    return sum(float(diagnostics[k].get("seconds", 0.0)) for k in _resumed(diagnostics))
 
 
 def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

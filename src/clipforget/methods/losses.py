@@ -23,11 +23,6 @@ def class_embeddings(model: DualEncoder, classnames: Sequence[str], templates: S
     return F.normalize(emb, dim=-1).T
 
 
-def forget_similarity(model: DualEncoder, images: Tensor, text_emb: Tensor) -> Tensor:
-    """Cosine similarity of each forget image with the forget text embedding (D,), shape (B,)."""
-    return model.encode_image(images) @ text_emb
-
-
 def forget_loss(similarity: Tensor, delta: float, hinge: bool) -> Tensor:
     """Mean similarity to minimise; with ``hinge``, only the part above ``delta`` counts."""
     return F.relu(similarity - delta).mean() if hinge else similarity.mean()

@@ -106,8 +106,8 @@ def remind_stage(
         if use_distillation:
             terms["kd"] = config.kd_weight * kd_kl(logits, t_logits[idx])
             terms["embed"] = config.embed_weight * embedding_distance(emb, t_emb[idx])
-            own = idx < len(labels)  # the pool is retain images first, then calibration images
             if config.ce_weight > 0:
+                own = idx < len(labels)  # the pool is retain images first, then calibration images
                 ce = F.cross_entropy(logits[own], labels[idx[own]]) if bool(own.any()) else logits.sum() * 0
                 terms["ce"] = config.ce_weight * ce
         else:
