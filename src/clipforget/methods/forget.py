@@ -16,6 +16,7 @@ from torch import Tensor
 
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.base import UnlearnData
 from clipforget.methods.losses import (
     class_embeddings,
@@ -103,8 +104,12 @@ def forget_stage(
     generator: torch.Generator,
     *,
     use_lora: bool = True,
+    anchor: TextAnchor | None = None,
 ) -> dict[str, Any]:
-    """Tune ``param_names`` of ``model`` (in place) to forget; return the curves and checks."""
+    """Tune ``param_names`` of ``model`` (in place) to forget; return the curves and checks.
+
+    ``anchor``: a text-anchor term added to the loss (see :mod:`clipforget.methods.anchor`).
+    """
     model.eval()
     batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
     checks: dict[str, list[float]] = {"step": [], "forget_similarity": [], "forget_acc": []}
@@ -112,7 +117,11 @@ def forget_stage(
     objective = ForgetObjective(model, data, config, param_names)
 
     def loss_fn(step: int) -> dict[str, torch.Tensor]:
-        return objective(data.forget_images[batches.next()].to(model.device))
+        terms = objective(data.forget_images[batches.next()].to(model.device))
+        if anchor is not None:
+            anchored = anchor.loss(model)
+            terms = {**terms, "loss": terms["loss"] + anchored, "anchor": anchored.detach()}
+        return terms
 
     def should_stop(step: int) -> bool:
         progress = forget_progress(model, data)
@@ -126,4 +135,6 @@ def forget_stage(
     with tuning(model.model, param_names, adapter, generator, use_lora=use_lora) as params:
         train_log = train_loop(params, loss_fn, config.train, should_stop=should_stop, desc="forget")
     final = forget_progress(model, data)
+    if anchor is not None:
+        final["anchor_drift"] = anchor.drift(model)
     return {**train_log.to_dict(), "checks": checks, "final": final}

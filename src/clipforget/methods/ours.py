@@ -12,6 +12,7 @@ import torch
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
+from clipforget.methods.anchor import AnchorConfig, TextAnchor, text_trains
 from clipforget.methods.base import (
     InMemoryStore,
     Method,
@@ -115,6 +116,7 @@ class OursConfig(Config):
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
 
 
@@ -186,9 +188,14 @@ class Ours(Method):
         diagnostics["select"] = sel = run_stage(store, "select", student, select)
         params: list[str] = sel["params"]
 
+        def anchor(stage: str) -> TextAnchor | None:
+            if config.anchor.weight == 0 or stage not in config.anchor.stages or not text_trains(student, params):
+                return None
+            return TextAnchor(teacher, data, config.anchor, stage_generator(seed, f"anchor-{stage}"))
+
         def forget() -> tuple[dict[str, Any], StateDict]:
             g = stage_generator(seed, "forget")
-            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora)
+            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora, anchor=anchor("forget"))
             return info, _state_of(student, params, original)
 
         diagnostics["forget"] = run_stage(store, "forget", student, forget)
@@ -204,7 +211,7 @@ class Ours(Method):
                 log.warning("alignment skipped: a LayerNorm image tower needs calibration images")
             info["distill"] = remind_stage(
                 student, teacher, data, retain, params, config.distill, config.forget, config.adapter, g,
-                use_lora=config.use_lora, use_distillation=config.use_distillation,
+                use_lora=config.use_lora, use_distillation=config.use_distillation, anchor=anchor("remind"),
             )  # fmt: skip
             return info, _state_of(student, params, original)
 

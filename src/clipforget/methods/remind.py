@@ -18,6 +18,7 @@ from torch import Tensor
 
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.base import UnlearnData
 from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress
 from clipforget.methods.losses import (
@@ -79,8 +80,12 @@ def remind_stage(
     *,
     use_lora: bool = True,
     use_distillation: bool = True,
+    anchor: TextAnchor | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``param_names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r."""
+    """Fine-tune ``param_names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r.
+
+    ``anchor``: a text-anchor term added to the loss (see :mod:`clipforget.methods.anchor`).
+    """
     student.eval()
     teacher.eval()
     pool = retain_images
@@ -115,11 +120,16 @@ def remind_stage(
         if config.forget_weight > 0:
             f_images = data.forget_images[forget_batches.next()].to(student.device)
             terms["forget"] = config.forget_weight * forget_objective(f_images)["loss"]
+        if anchor is not None:
+            terms["anchor"] = anchor.loss(student)
         return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
 
     with tuning(student.model, param_names, adapter, generator, use_lora=use_lora) as params:
         train_log = train_loop(params, loss_fn, config.train, desc="remind")
-    return {**train_log.to_dict(), "final": forget_progress(student, data)}
+    final = forget_progress(student, data)
+    if anchor is not None:
+        final["anchor_drift"] = anchor.drift(student)
+    return {**train_log.to_dict(), "final": final}
 
 
 @torch.no_grad()
