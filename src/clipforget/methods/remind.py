@@ -46,7 +46,9 @@ class DistillConfig(Config):
     use_calibration: also distil on the calibration images (when the data has them).
     ce_weight: with distillation, also this weight of cross-entropy on the retain images' own labels
         (beyond the paper): distillation alone keeps the teacher's mistakes and cannot undo the forget
-        term's pull on the subgroup's siblings (the CIFAR-10 dogs in springer-in-dog).
+        term's pull on the subgroup's siblings (the CIFAR-10 dogs in springer-in-dog). Default 1,
+        measured (testbed, seed 0, with the text anchor at weight 1 in both stages): springer-in-dog
+        Retain 63.3 -> 65.7, Score 98.7 -> 99.3.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=5e-4, batch_size=32, ema_decay=0.9))
@@ -54,7 +56,7 @@ class DistillConfig(Config):
     embed_weight: float = 1.0
     forget_weight: float = 5.0
     use_calibration: bool = True
-    ce_weight: float = 0.0
+    ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("kd_weight", "embed_weight", "forget_weight", "ce_weight"):
