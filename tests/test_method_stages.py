@@ -161,7 +161,7 @@ def test_remind_moves_retain_logits_toward_the_teacher(model):
     forget_stage(student, data, params, forget, AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=False)
     gap_before = distillation_gap(student, teacher, data.retain_images, data)
     assert gap_before > 0
-    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), forget_weight=0.0, use_calibration=False)
+    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), forget_weight=0.0, use_calibration=False, ce_weight=0.0)
     info = remind_stage(student, teacher, data, data.retain_images, params, distill, forget, AdapterConfig(rank=2),
                         torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
     assert distillation_gap(student, teacher, data.retain_images, data) < gap_before
