@@ -71,6 +71,11 @@ class AnchorConfig(Config):
         require(self.words is None or len(self.words) > 0, "anchor words must be a non-empty list, or null for the built-in list")
 
 
+def encode_all(model: DualEncoder, prompts: Sequence[str], batch_size: int = 256) -> Tensor:
+    """Normalised text embeddings of ``prompts`` in batches (with gradient if enabled)."""
+    return torch.cat([encode_texts(model, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)])
+
+
 def anchor_prompts(teacher: DualEncoder, data: UnlearnData, config: AnchorConfig) -> list[str]:
     """The prompts to anchor: the kept words in ``config.template`` plus the other classes' prompts."""
     forget_class = data.classnames[data.forget_label].lower()
@@ -79,7 +84,7 @@ def anchor_prompts(teacher: DualEncoder, data: UnlearnData, config: AnchorConfig
     if drop:
         with torch.no_grad():
             forget = encode_texts(teacher, [data.forget_text])[0]
-            sims = torch.cat([encode_texts(teacher, [config.template.format(w) for w in words[i : i + 256]]) @ forget for i in range(0, len(words), 256)])
+            sims = encode_all(teacher, [config.template.format(w) for w in words]) @ forget
         nearest = set(sims.argsort(descending=True)[:drop].tolist())
         words = [w for i, w in enumerate(words) if i not in nearest]
     prompts = [config.template.format(w) for w in words]
@@ -95,7 +100,7 @@ class TextAnchor:
         self.config = config
         self.prompts = anchor_prompts(teacher, data, config)
         with torch.no_grad():
-            self.targets = torch.cat([encode_texts(teacher, self.prompts[i : i + 256]) for i in range(0, len(self.prompts), 256)])
+            self.targets = encode_all(teacher, self.prompts)
         self._batches = BatchStream(len(self.prompts), config.batch_size, generator)
 
     def loss(self, student: DualEncoder) -> Tensor:
@@ -106,9 +111,10 @@ class TextAnchor:
     @torch.no_grad()
     def drift(self, student: DualEncoder) -> float:
         """Mean ``1 - cos`` over every anchor prompt (how far the text side moved)."""
-        emb = torch.cat([encode_texts(student, self.prompts[i : i + 256]) for i in range(0, len(self.prompts), 256)])
+        emb = encode_all(student, self.prompts)
         return float(embedding_distance(emb, self.targets.to(emb.device, emb.dtype)))
 
 
 def text_trains(model: DualEncoder, param_names: Sequence[str]) -> bool:
+    """Whether any of ``param_names`` belongs to the text tower (only then can the anchor act)."""
     return any(model.tower_of(n) == "text" for n in param_names)
