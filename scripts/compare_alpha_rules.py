@@ -22,7 +22,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from clipforget.methods.base import clone_model, load_partial_state
-from clipforget.methods.souping import _pick, interpolate
+from clipforget.methods.souping import interpolate, pick_alpha
 from clipforget.metrics import paper_score
 from clipforget.pipeline import evaluate, prepare
 
@@ -67,7 +67,7 @@ def main() -> None:
         if not cells:
             raise SystemExit(f"no finished ours cells under {args.bench}/runs/{scenario}/ours: run clipforget bench first")
         for name, (rule, tolerance, margin) in RULES.items():
-            picked = [rows[_pick(rows, 0.0, tolerance, rule, margin)] for rows in cells.values()]
+            picked = [rows[pick_alpha(rows, 0.0, tolerance, rule, margin)] for rows in cells.values()]
             table[name][scenario] = (sum(p["score"] for p in picked) / len(picked), sum(p["target"] for p in picked) / len(picked))
     print("| rule | " + " | ".join(f"{s} Score (Target)" for s in args.scenarios) + " |")
     print("|---|" + "---|" * len(args.scenarios))

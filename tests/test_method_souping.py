@@ -122,7 +122,7 @@ def test_forget_holdout_splits_d_f_into_disjoint_deterministic_parts():
 
 
 def test_alpha_tolerance_prefers_the_smallest_feasible_alpha_near_the_best_utility():
-    from clipforget.methods.souping import _pick
+    from clipforget.methods.souping import pick_alpha
 
     curve = [
         {"alpha": 0.0, "utility": 0.80, "forget_acc": 0.6},
@@ -130,6 +130,6 @@ def test_alpha_tolerance_prefers_the_smallest_feasible_alpha_near_the_best_utili
         {"alpha": 0.6, "utility": 0.70, "forget_acc": 0.0},
         {"alpha": 1.0, "utility": 0.75, "forget_acc": 0.0},
     ]
-    assert _pick(curve, forget_target=0.0) == 3  # the best feasible utility
-    assert _pick(curve, forget_target=0.0, tolerance=0.01) == 1  # within 0.01 of it, closest to the original
-    assert _pick(curve, forget_target=0.0, tolerance=0.0) == 3
+    assert pick_alpha(curve, forget_target=0.0) == 3  # the best feasible utility
+    assert pick_alpha(curve, forget_target=0.0, tolerance=0.01) == 1  # within 0.01 of it, closest to the original
+    assert pick_alpha(curve, forget_target=0.0, tolerance=0.0) == 3

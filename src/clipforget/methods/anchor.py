@@ -116,7 +116,3 @@ class TextAnchor:
         emb = encode_all(student, self.prompts)
         return float(embedding_distance(emb, self.targets.to(emb.device, emb.dtype)))
 
-
-def text_trains(model: DualEncoder, param_names: Sequence[str]) -> bool:
-    """Whether any of ``param_names`` belongs to the text tower (only then can the anchor act)."""
-    return any(model.tower_of(n) == "text" for n in param_names)

@@ -24,6 +24,7 @@ from clipforget.methods.losses import (
     encode_texts,
     forget_class_loss,
     forget_loss,
+    tunes_text,
 )
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
@@ -77,7 +78,7 @@ class ForgetObjective:
 
     def __init__(self, model: DualEncoder, data: UnlearnData, config: ForgetConfig, param_names: Sequence[str]):
         self.model, self.data, self.config = model, data, config
-        self.text_trains = any(model.tower_of(n) == "text" for n in param_names)
+        self.text_trains = tunes_text(model, param_names)
         with torch.no_grad():
             self._text = encode_texts(model, [data.forget_text])[0]
             self._classifier = build_zero_shot_classifier(model, data.classnames, data.templates)

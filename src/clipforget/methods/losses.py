@@ -16,6 +16,11 @@ def encode_texts(model: DualEncoder, texts: Sequence[str]) -> Tensor:
     return model.encode_text(to_device(model.tokenize(list(texts)), model.device))
 
 
+def tunes_text(model: DualEncoder, param_names: Sequence[str]) -> bool:
+    """Whether any of ``param_names`` belongs to the text tower (then text embeddings change while tuning)."""
+    return any(model.tower_of(n) == "text" for n in param_names)
+
+
 def class_embeddings(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
     """Zero-shot classifier (D, C) with gradient: normalised mean of each class's template embeddings."""
     emb = encode_texts(model, [t.format(c) for c in classnames for t in templates])

@@ -12,7 +12,7 @@ import torch
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
-from clipforget.methods.anchor import AnchorConfig, TextAnchor, text_trains
+from clipforget.methods.anchor import AnchorConfig, TextAnchor
 from clipforget.methods.base import (
     InMemoryStore,
     Method,
@@ -34,6 +34,7 @@ from clipforget.methods.fisher import (
     top_layers,
 )
 from clipforget.methods.forget import ForgetConfig, forget_stage
+from clipforget.methods.losses import tunes_text
 from clipforget.methods.remind import DistillConfig, remind_stage
 from clipforget.methods.scoring import make_score_fn
 from clipforget.methods.souping import (
@@ -189,7 +190,7 @@ class Ours(Method):
         params: list[str] = sel["params"]
 
         def anchor(stage: str) -> TextAnchor | None:
-            if config.anchor.weight == 0 or stage not in config.anchor.stages or not text_trains(student, params):
+            if config.anchor.weight == 0 or stage not in config.anchor.stages or not tunes_text(student, params):
                 return None
             return TextAnchor(teacher, data, config.anchor, stage_generator(seed, f"anchor-{stage}"))
 

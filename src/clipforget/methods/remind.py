@@ -26,6 +26,7 @@ from clipforget.methods.losses import (
     embed_images,
     embedding_distance,
     kd_kl,
+    tunes_text,
 )
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
@@ -100,8 +101,7 @@ def remind_stage(
     t_emb = embed_images(teacher, pool)
     t_logits = teacher_logits(teacher, pool, data)
     scale = teacher.logit_scale.detach()
-    text_trains = any(student.tower_of(n) == "text" for n in param_names)
-    fixed_classifier = None if text_trains else build_zero_shot_classifier(student, data.classnames, data.templates)
+    fixed_classifier = None if tunes_text(student, param_names) else build_zero_shot_classifier(student, data.classnames, data.templates)
     batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
     forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
     forget_objective = ForgetObjective(student, data, forget, param_names)

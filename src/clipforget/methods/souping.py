@@ -91,7 +91,7 @@ def _steps_inside(ok: Sequence[bool], i: int) -> int:
     return min(i - below, above - i)
 
 
-def _pick(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0, rule: str = "edge", margin: int = 0) -> int:
+def pick_alpha(curve: list[dict[str, float]], forget_target: float, tolerance: float = 0.0, rule: str = "edge", margin: int = 0) -> int:
     """Among feasible entries whose utility is within ``tolerance`` of the best feasible utility:
 
     - ``edge``: the earliest (the grid runs from the original toward the unlearned weights, so earlier
@@ -129,7 +129,7 @@ def search_alpha(
     margin: int = 0,
 ) -> SoupChoice:
     """Score ``interpolate(original, unlearned, a)`` for each ``a`` in ``grid`` (ascending); pick the best
-    feasible one, or with ``tolerance`` one within it of the best utility chosen by ``rule`` (see ``_pick``)."""
+    feasible one, or with ``tolerance`` one within it of the best utility chosen by ``rule`` (see ``pick_alpha``)."""
     if not grid:
         raise ValueError("the alpha grid is empty")
     if rule not in ("edge", "center"):
@@ -139,7 +139,7 @@ def search_alpha(
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
         log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
-    best = _pick(curve, forget_target, tolerance, rule, margin)
+    best = pick_alpha(curve, forget_target, tolerance, rule, margin)
     return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
 
 
