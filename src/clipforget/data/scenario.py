@@ -84,13 +84,22 @@ class GroupConfig(Config):
 
 @dataclass(frozen=True)
 class ForgetConfig(GroupConfig):
-    """The subgroup to forget; ``text`` is the forget text paired with its images."""
+    """The subgroup to forget; ``text`` is the forget text paired with its images.
+
+    ``aliases``: other names of the subgroup (synonyms, its fine-grained name, a plural, a common
+    misspelling). Methods never see them; the audit scores the Target under each of them, to check
+    that the subgroup is forgotten under more than the one name the label prompt uses.
+    """
 
     text: str = ""
+    aliases: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
         super().check(where)
         require(bool(self.text.strip()), f"{where}.text: give the text paired with the forget images")
+        for a in self.aliases:
+            require(isinstance(a, str) and bool(a.strip()), f"{where}.aliases: {a!r} is not a name; give non-empty strings")
+        require(len(set(self.aliases)) == len(self.aliases), f"{where}.aliases: {list(self.aliases)} names an alias twice")
 
 
 @dataclass(frozen=True)
@@ -379,6 +388,7 @@ def build_scenario(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> Sce
         seed=seed,
         forget_text=config.forget.text,
         forget_label=config.forget.label,
+        forget_aliases=config.forget.aliases,
         classnames=config.classnames,
         templates=config.templates,
         forget_train=tuple(forget_train),

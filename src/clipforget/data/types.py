@@ -45,7 +45,8 @@ class ScenarioSplits:
     - ``retain``: test images of the sibling subgroups (the Retain column).
     - ``heldout``: zero-shot sets never used for training or selection.
     ``target`` and ``retain`` share the scenario's label space (``classnames``, ``templates``);
-    ``forget_label`` is the class the forgotten subgroup belongs to in that label space.
+    ``forget_label`` is the class the forgotten subgroup belongs to in that label space;
+    ``forget_aliases`` are other names of the subgroup (for the audit only, never for a method).
     No image appears in two splits. ``fingerprint`` is a hash of the resolved scenario config and its
     sources (a cache key; empty when the splits were not built from a config).
     """
@@ -63,3 +64,4 @@ class ScenarioSplits:
     retain: EvalSet
     heldout: tuple[EvalSet, ...]
     fingerprint: str = ""
+    forget_aliases: tuple[str, ...] = ()
