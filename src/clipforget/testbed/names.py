@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 
+from clipforget.data.presets import imagenet_classnames  # the testbed's ImageNet names are the library's
 from clipforget.data.sources import (
     CLEAN,
     FASHION_MNIST_CLASSES,
@@ -36,17 +36,6 @@ FMNIST_TEMPLATES = (
 PHOTO_TEMPLATES = ("a photo of a {}.", "a good photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "itap of a {}.")
 BRIDGE_TEMPLATE = "a photo of a {}."
 FMNIST_PROMPT_NAMES = {c: c.split("/")[0].lower() for c in FASHION_MNIST_CLASSES}  # "T-shirt/top" -> "t-shirt"
-
-
-def imagenet_classnames() -> tuple[str, ...]:
-    """The 1000 ImageNet class names in classifier order: the first lemma of each synset (timm's files)."""
-    info = resources.files("timm") / "data" / "_info"
-    synsets = (info / "imagenet_synsets.txt").read_text().split()
-    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines() if line)
-    names = tuple(lemmas[s].split(",")[0].strip() for s in synsets)
-    if len(names) != 1000:
-        raise ValueError(f"timm's imagenet_synsets.txt lists {len(names)} synsets, expected 1000")
-    return names
 
 
 @dataclass(frozen=True)
