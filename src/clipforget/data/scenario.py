@@ -10,9 +10,11 @@ Test sets are drawn first, then held-out sets, then training and calibration set
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from clipforget.config import Config, ConfigError, require
+from clipforget.data.presets import resolve_label_space, resolve_templates
 from clipforget.data.sources import Entry, ImageSource, SourceConfig, open_source
 from clipforget.data.types import EvalSet, Record, ScenarioSplits
 
@@ -31,7 +34,25 @@ Split = Literal["train", "test", "any"]
 def _check_templates(templates: tuple[str, ...], where: str) -> None:
     require(bool(templates), f"{where}: give at least one prompt template, e.g. 'a photo of a {{}}.'")
     for t in templates:
+        require(isinstance(t, str), f"{where}: template {t!r} is not a string; callables are converted when "
+                "the config is built from a mapping (load_scenario_config, from_dict)")  # fmt: skip
         require("{}" in t, f"{where}: template {t!r} has no '{{}}' where the class name goes; add one")
+
+
+def _resolve_presets(data: Mapping[str, Any], where: str, label_space: bool) -> dict[str, Any]:
+    """``data`` with preset names (data/presets.py) expanded in ``templates`` and, when ``label_space``,
+    ``classnames``; callable and ``{c}`` templates become ``{}`` strings."""
+    at = f"{where}." if where else ""
+    data = dict(data)
+    if "templates" in data:
+        data["templates"] = resolve_templates(data["templates"], f"{at}templates")
+    if label_space and "classnames" in data:
+        data["classnames"] = resolve_label_space(data["classnames"], f"{at}classnames")
+    return data
+
+
+def _names_brief(names: tuple[str, ...]) -> str:
+    return str(list(names)) if len(names) <= 12 else f"{len(names)} names: {', '.join(names[:3])}, ..., {names[-1]}"
 
 
 def _check_nonempty_names(names: tuple[str, ...], where: str) -> None:
@@ -102,6 +123,16 @@ class ForgetConfig(GroupConfig):
         require(len(set(self.aliases)) == len(self.aliases), f"{where}.aliases: {list(self.aliases)} names an alias twice")
 
 
+def _check_aliases(aliases: tuple[str, ...], classnames: tuple[str, ...]) -> None:
+    """An alias may not be a class of the label space (case and spaces aside): scoring Target under
+    "hound" in a scenario with a class "hound" would test that class, not the subgroup's other name."""
+    by_name = {c.strip().casefold(): c for c in classnames}
+    for a in aliases:
+        clash = by_name.get(a.strip().casefold())
+        require(clash is None, f"forget.aliases: {a!r} is the class {clash!r} of classnames; an alias must be "
+                "another name of the subgroup, not a class the label space already scores; drop it")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SampleConfig(Config):
     """Images per class from one source (calibration and held-out sets).
@@ -131,16 +162,49 @@ class SampleConfig(Config):
 
 @dataclass(frozen=True)
 class HeldoutConfig(SampleConfig):
-    """A held-out zero-shot set: ``name`` and its ``templates`` (default: the scenario's)."""
+    """A held-out zero-shot set: its ``name``, label space and ``templates``.
+
+    ``classnames``: the label space the images are scored over, a named one (``imagenet1k``, see
+    data/presets.py) or a list; default: the (renamed) ``classes``. The images are still selected by
+    ``classes``, and each (renamed) class must be a name of the label space, named once there.
+    ``templates``: a list or a named preset (``openai_imagenet``); default: the scenario's.
+    """
 
     name: str = ""
+    classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> HeldoutConfig:
+        return super().from_dict(_resolve_presets(data, where, label_space=True), where)
 
     def check(self, where: str) -> None:
         require(bool(self.name), f"{where}: every held-out set needs a 'name'")
-        super().check(f"{where} {self.name!r}")
+        where = f"{where} {self.name!r}"
+        super().check(where)
         if self.templates:
-            _check_templates(self.templates, f"{where} {self.name!r}.templates")
+            _check_templates(self.templates, f"{where}.templates")
+        if self.classnames:
+            self._check_label_space(f"{where}.classnames")
+
+    def _check_label_space(self, where: str) -> None:
+        counts = Counter(self.classnames)
+        labels = [self.label(c) for c in self.classes]
+        missing = [n for n in labels if not counts[n]]
+        if missing:
+            close = {n: difflib.get_close_matches(n, self.classnames, n=3) for n in missing}
+            hints = "; ".join(f"{n!r} is close to {m}" for n, m in close.items() if m)
+            raise ConfigError(
+                f"{where}: the selected classes {missing} are not in the label space ({_names_brief(self.classnames)})"
+                f"{'; ' + hints if hints else ''}; map each to a name of it under 'rename' or drop it from 'classes'"
+            )
+        twice = [n for n in labels if counts[n] > 1]
+        require(not twice, f"{where}: {twice} name more than one class of the label space, so their images' label "
+                "is ambiguous; drop them from 'classes' or give a label space that names them once")  # fmt: skip
+
+    def label_space(self) -> tuple[str, ...]:
+        """The names the set is scored over: ``classnames``, else the (renamed) classes."""
+        return self.classnames or tuple(self.label(c) for c in self.classes)
 
 
 @dataclass(frozen=True)
@@ -149,7 +213,8 @@ class ScenarioConfig(Config):
 
     - ``name``, ``seed``: the scenario's name and the seed of every draw (0 is a seed).
     - ``sources``: image sources by name.
-    - ``classnames`` / ``templates``: the label space and prompts that score Target and Retain.
+    - ``classnames`` / ``templates``: the label space and prompts that score Target and Retain;
+      ``templates`` may name a preset (data/presets.py).
     - ``hierarchy``: superclass -> its classes; the forget label and every retained label share one.
     - ``forget``: the subgroup to forget; ``retain``: the sibling subgroups kept.
     - ``calibration``: D_m, drawn without any forget-subgroup image.
@@ -166,6 +231,10 @@ class ScenarioConfig(Config):
     retain: tuple[GroupConfig, ...]
     calibration: tuple[SampleConfig, ...]
     heldout: tuple[HeldoutConfig, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> ScenarioConfig:
+        return super().from_dict(_resolve_presets(data, where, label_space=False), where)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name: give the scenario a name")
@@ -197,6 +266,7 @@ class ScenarioConfig(Config):
                 f"{where}.label: {g.label!r} is not a sibling of {self.forget.label!r} (superclass "
                 f"{family!r} = {list(self.hierarchy[family])}); retain only siblings",
             )
+        _check_aliases(self.forget.aliases, self.classnames)
         names = [g.name for _, g in groups]
         require(len(set(names)) == len(names), f"forget/retain: subgroup names {names} repeat; make them unique")
         require(bool(self.calibration), "calibration: list at least one calibration sample")
@@ -378,8 +448,7 @@ def build_scenario(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> Sce
     heldout = []
     for h in config.heldout:
         records = sample_records(h, f"heldout {h.name!r}")
-        names = tuple(h.label(c) for c in h.classes)
-        heldout.append(EvalSet(h.name, tuple(records), names, h.templates or config.templates))
+        heldout.append(EvalSet(h.name, tuple(records), h.label_space(), h.templates or config.templates))
     forget_train = group_records(config.forget, "train", "forget")
     retain_train = [r for g, w in zip(config.retain, retain_where) for r in group_records(g, "train", w)]
     calibration = [r for i, s in enumerate(config.calibration) for r in sample_records(s, f"calibration[{i}]")]

@@ -25,7 +25,8 @@ class Record:
 class EvalSet:
     """Images scored by zero-shot classification over ``classnames`` x ``templates``.
 
-    Every record's ``label`` is one of ``classnames``.
+    Every record's ``label`` is one of ``classnames``, named there once; ``classnames`` may repeat a
+    name no record carries (ImageNet's first lemmas name two synsets ``crane``).
     """
 
     name: str
