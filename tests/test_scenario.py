@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from synthetic import build_tiny_scenario, tiny_scenario_dict
 from clipforget.config import ConfigError
 from clipforget.data.loading import load_images
 from clipforget.data.locations import shared_data_candidates
+from clipforget.data.presets import imagenet_classnames
 from clipforget.data.scenario import (
+    ScenarioConfig,
     build_scenario,
     bundled_scenarios,
     load_scenario_config,
@@ -23,8 +26,10 @@ from clipforget.data.scenario import (
 )
 from clipforget.data.sources import FASHION_MNIST_DIR
 from clipforget.data.types import ScenarioSplits
+from clipforget.testbed.names import PHOTO_TEMPLATES
 
 PUBLIC = ["cifar10-cat", "fmnist-sneaker", "springer-in-dog"]
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
 @pytest.fixture
@@ -141,6 +146,12 @@ BAD = {
     "bad rename": ("heldout.0.rename", {"cherry": "x"}, r"rename: \['cherry'\] are not among classes"),
     "class in two superclasses": ("hierarchy.vehicle", ["car", "cat"],
                                   r"'cat' is in both 'animal' and 'vehicle'"),
+    "alias is a class": ("forget.aliases", ["spaniel", "Cat "], r"forget.aliases: 'Cat ' is the class 'cat' of classnames"),
+    "unknown label space": ("heldout.0.classnames", "imagenet21k",
+                            r"heldout\[0\].classnames: 'imagenet21k' is not a named label space; known: \['imagenet1k', 'imagenet1k_openai'\]"),  # fmt: skip
+    "unknown template preset": ("templates", "openai", r"templates: 'openai' is not a template preset; known: \[.*'openai_imagenet'"),
+    "heldout class not in its label space": ("heldout.0.classnames", ["banana", "cherry"],
+                                             r"heldout\[0\] 'fruit'.classnames: the selected classes \['red apple'\] are not in the label space"),  # fmt: skip
 }
 
 
@@ -158,12 +169,23 @@ def test_unknown_scenario_name_lists_the_bundled_ones():
         build_scenario("no-such-scenario")
 
 
-def test_bundled_scenarios_are_the_public_ones_and_validate_without_data():
+def test_bundled_scenarios_are_the_public_ones():
     assert bundled_scenarios() == sorted(PUBLIC + ["fmnist-sneaker-local"])
-    for name in bundled_scenarios():
-        config = load_scenario_config(name)
-        assert config.name == name and config.seed == 0
-        assert all("{}" in t for t in config.templates)
+
+
+@pytest.mark.parametrize("spec", bundled_scenarios() + [str(p) for p in sorted(EXAMPLES.glob("*.yaml"))])
+def test_shipped_scenario_validates_without_data_and_round_trips(spec):
+    config = load_scenario_config(spec)
+    assert config.seed == 0 and config.forget.aliases
+    assert all("{}" in t for t in config.templates + tuple(t for h in config.heldout for t in h.templates))
+    assert ScenarioConfig.from_dict(yaml.safe_load(config.to_yaml())) == config
+    if spec in PUBLIC:
+        assert config.name == spec
+        (inet,) = [h for h in config.heldout if h.name == "imagenette-1000way"]
+        (clean,) = [h for h in config.heldout if h.name == "imagenette-clean"]
+        assert inet.classnames == imagenet_classnames() and inet.templates == PHOTO_TEMPLATES
+        assert (inet.source, inet.classes, inet.split, inet.flags) == (clean.source, clean.classes, clean.split, clean.flags)
+        assert ("English springer" in inet.classes) == (spec != "springer-in-dog")  # its springers are Target
 
 
 def _real_data_available() -> str | None:
@@ -188,7 +210,11 @@ def test_public_scenario_builds_on_the_real_data(name):
         assert records
     assert all(r.label in s.classnames for r in s.target.records + s.retain.records)
     for h in s.heldout:
-        assert {r.label for r in h.records} == set(h.classnames)
+        labels = {r.label for r in h.records}
+        assert labels == set(h.classnames) if h.name != "imagenette-1000way" else labels < set(h.classnames)
+    (inet,) = [h for h in s.heldout if h.name == "imagenette-1000way"]
+    assert len(inet.classnames) == 1000 and len(inet.records) == 20 * (9 if name == "springer-in-dog" else 10)
+    assert all("ILSVRC2012_val_" in r.key for r in inet.records)
     if name == "springer-in-dog":
         assert {(r.label, r.subgroup) for r in s.target.records} == {("dog", "English springer")}
         assert all("ILSVRC2012_val_" in r.key for r in s.target.records)
