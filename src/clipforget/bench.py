@@ -3,6 +3,7 @@
 Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
 by :func:`clipforget.pipeline.run_method`), ``results.csv``, ``results.json`` and ``table.md``.
 A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
+Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipforget.audit import audit_summary
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods import get_method, list_methods
 
@@ -47,14 +49,18 @@ def run_bench(
     device: str = "cpu",
     batch_size: int = 64,
     image_prefix: str | None = "auto",
+    audit: Any = True,
 ) -> str:
     """Run the grid and return the Markdown table.
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
-    ablation is a variant); ``configs`` maps a method name to its base config (or YAML file).
+    ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
+    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default).
     """
     from clipforget.data import load_scenario_config
-    from clipforget.pipeline import prepare, resolve_method_config, run_method
+    from clipforget.pipeline import prepare, resolve_audit_config, resolve_method_config, run_method
+
+    audit = resolve_audit_config(audit)
 
     out = Path(out)
     methods = list(methods or list_methods())
@@ -73,28 +79,56 @@ def run_bench(
         for m, s in todo:
             log.info("bench cell: %s / %s / seed %d", name, m, s)
             run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
-                       device=device, batch_size=batch_size, image_prefix=image_prefix)
+                       device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit)
     rows = collect(out)
     write_tables(out, rows)
     return (out / "table.md").read_text()
 
 
 def collect(out: str | Path) -> list[dict[str, Any]]:
-    """One row per finished cell, read from the run directories."""
+    """One row per finished cell, read from the run directories.
+
+    ``seconds`` is the run's compute time without its audit (the method's cost); cells with an
+    audit.json gain ``audit/target_worst``, ``audit/search_share`` (worst query), ``audit/search_chance``
+    and ``audit/relearn@<steps>`` (Target after the smallest relearning budget), the original's in
+    ``original``.
+    """
     rows = []
     for metrics_file in sorted(Path(out).glob("runs/*/*/seed*/metrics.json")):
         cell = metrics_file.parent
         metrics = json.loads(metrics_file.read_text())
         info = json.loads((cell / "run.json").read_text())
-        u = metrics["unlearned"]
+        u, o = metrics["unlearned"], metrics["original"]
+        seconds = info.get("compute_seconds", info.get("wall_seconds"))
+        if seconds is not None:
+            seconds -= info.get("timings", {}).get("audit", 0.0)
+        audited = _audit_columns(cell / "audit.json")
         rows.append({
             "scenario": cell.parent.parent.name, "method": cell.parent.name, "seed": int(cell.name[4:]),
             "target": u["target"], "retain": u["retain"], **{f"heldout/{k}": v for k, v in u["heldout"].items()},
-            "score": metrics["score"], "seconds": info.get("compute_seconds", info.get("wall_seconds")),
-            "original": {"target": metrics["original"]["target"], "retain": metrics["original"]["retain"],
-                         **{f"heldout/{k}": v for k, v in metrics["original"]["heldout"].items()}},
+            "score": metrics["score"], "seconds": seconds, **audited.get("unlearned", {}), **audited.get("shared", {}),
+            "original": {"target": o["target"], "retain": o["retain"], **{f"heldout/{k}": v for k, v in o["heldout"].items()},
+                         **audited.get("original", {})},
         })
     return rows
+
+
+def _audit_columns(path: Path) -> dict[str, dict[str, float]]:
+    """The audit's headline figures as row columns: per model, and the chance level they share."""
+    if not path.is_file():
+        return {}
+    summary = audit_summary(json.loads(path.read_text()))
+    cols: dict[str, dict[str, float]] = {"original": {}, "unlearned": {}, "shared": {}}
+    for side in ("original", "unlearned"):
+        if "target_worst" in summary:
+            cols[side]["audit/target_worst"] = summary["target_worst"][side]
+        if "search_share" in summary:
+            cols[side]["audit/search_share"] = summary["search_share"][side]
+        if side in summary.get("relearn", {}):
+            cols[side][f"audit/relearn@{summary['relearn_steps']}"] = summary["relearn"][side]
+    if "search_chance" in summary:
+        cols["shared"]["audit/search_chance"] = summary["search_chance"]
+    return cols
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -103,25 +137,44 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _audit_heads(cols: Sequence[str], cells: Sequence[Mapping[str, Any]]) -> list[str]:
+    chance = next((r["audit/search_chance"] for r in cells if "audit/search_chance" in r), None)
+    heads = {"audit/target_worst": "Target worst prompt ↓",
+             "audit/search_share": "search share ↓" + (f" (chance {chance:.1f})" if chance is not None else "")}
+    return [heads[c] if c in heads else f"relearn Target @{c.split('@')[1]} steps ↓" for c in cols]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Per scenario: the original model, then each method as mean ± std over seeds, in the paper's columns."""
+    """Per scenario: the original model, then each method as mean ± std over seeds, in the paper's
+    columns, then the audit's columns where cells were audited ("–" where a cell was not)."""
     parts = []
     for scenario in sorted({r["scenario"] for r in rows}):
         cells = [r for r in rows if r["scenario"] == scenario]
         cols = ["target", "retain"] + sorted({k for r in cells for k in r if k.startswith("heldout/")})
-        head = ["Method", "Target ↓", "Retain ↑", *(c.split("/", 1)[1] for c in cols[2:]), "Score ↑", "seeds", "time (s)"]
+        audit_cols = [c for c in ("audit/target_worst", "audit/search_share") if any(c in r for r in cells)]
+        audit_cols += sorted({k for r in cells for k in r if k.startswith("audit/relearn@")}, key=lambda k: int(k.split("@")[1]))[:1]
+        head = ["Method", "Target ↓", "Retain ↑", *(c.split("/", 1)[1] for c in cols[2:]), "Score ↑",
+                *_audit_heads(audit_cols, cells), "seeds", "time (s)"]
         lines = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        orig = cells[0]["original"]
-        lines.append("| original | " + " | ".join(f"{orig.get(c, float('nan')):.1f}" for c in cols) + " | – | – | – |")
+        orig = next((r["original"] for r in cells if any(c in r["original"] for c in audit_cols)), cells[0]["original"])
+        lines.append("| original | " + " | ".join(f"{orig.get(c, float('nan')):.1f}" for c in cols) + " | – | "
+                     + "".join(_mean_std([orig[c]]) + " | " if c in orig else "– | " for c in audit_cols) + "– | – |")
         by_method: dict[str, list[Mapping[str, Any]]] = {}
         for r in cells:
             by_method.setdefault(r["method"], []).append(r)
         ranked = sorted(by_method.items(), key=lambda kv: -statistics.mean(r["score"] for r in kv[1]))
         for method, rs in ranked:
             vals = [_mean_std([r[c] for r in rs]) for c in cols]
+            audited = [_mean_std([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "–" for c in audit_cols]
             secs = [r["seconds"] for r in rs if r["seconds"] is not None]
-            lines.append(f"| {method} | " + " | ".join(vals) + f" | {_mean_std([r['score'] for r in rs])} | {len(rs)} | "
+            lines.append(f"| {method} | " + " | ".join(vals) + f" | {_mean_std([r['score'] for r in rs])} | "
+                         + "".join(a + " | " for a in audited) + f"{len(rs)} | "
                          + (f"{statistics.mean(secs):.0f}" if secs else "–") + " |")
+        if audit_cols:
+            lines += ["", "Audit columns (`audit.json` of each cell): the largest Target over the label, its aliases and "
+                      "two template sets; the subgroup's share of the top n in text-to-image search for its worst "
+                      "query, chance n / gallery size; the Target after the smallest relearning budget on the "
+                      "parameters the run changed (the original row: the same budget on the original). Time excludes the audit."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 

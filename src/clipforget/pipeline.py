@@ -9,6 +9,7 @@ Run directory layout (every file written atomically)::
     metrics.json       original and unlearned metrics and the paper's Score
     events.jsonl       one JSON line per finished stage
     fisher.json, alpha_curve.json   diagnostics, when the method has those stages
+    audit.json         the forgetting audit (:mod:`clipforget.audit`), unless switched off
     model/             the unlearned weights in the backend's own layout
     report.md, plots/  generated from the JSON files
 """
@@ -27,6 +28,8 @@ from typing import Any
 import torch
 import yaml
 
+from clipforget.audit import AuditConfig
+from clipforget.audit import audit as run_audit
 from clipforget.config import Config, ConfigError
 from clipforget.data import (
     ScenarioConfig,
@@ -151,11 +154,32 @@ def resolve_method_config(method_name: str, config: str | Path | Mapping[str, An
     return cfg.with_overrides(list(overrides)) if overrides else cfg
 
 
-def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
+AuditSetting = AuditConfig | str | Path | Mapping[str, Any] | bool | None
+"""The audit of a run: True (the default config), False / None (off), a config, a mapping or a YAML file."""
+
+
+def resolve_audit_config(audit: AuditSetting) -> AuditConfig | None:
+    if audit is None or audit is False:
+        return None
+    if audit is True:
+        return AuditConfig()
+    if isinstance(audit, AuditConfig):
+        return audit
+    if isinstance(audit, Mapping):
+        return AuditConfig.from_dict(audit)
+    return AuditConfig.from_yaml(audit)
+
+
+def refuse_inside_checkpoint(out: Path, model_id: str) -> None:
+    """Refuse an output directory inside the checkpoint ``model_id`` loads from (inputs are never written)."""
     spec = ModelSpec.parse(model_id)
     for p in (spec.weights, spec.name.removeprefix("local-dir:")):
         if p and Path(p).exists() and Path(p).resolve() in (out.resolve(), *out.resolve().parents):
             raise ConfigError(f"--out {out} would write inside the input checkpoint {p}; choose another directory")
+
+
+def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
+    refuse_inside_checkpoint(out, model_id)
     cfg_file = out / "config.yaml"
     if cfg_file.is_file():
         previous = yaml.safe_load(cfg_file.read_text())
@@ -236,22 +260,28 @@ def run_forget(
     batch_size: int = 64,
     model: DualEncoder | None = None,
     image_prefix: str | None = "auto",
+    audit: AuditSetting = True,
 ) -> ForgetResult:
     """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs."""
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
+    audit_cfg = resolve_audit_config(audit)
     prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model)
     return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
-                      batch_size=batch_size, image_prefix=image_prefix)
+                      batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg)
 
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
-               device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto") -> ForgetResult:
+               device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto",
+               audit: AuditSetting = True) -> ForgetResult:
     """Run one registered method on a prepared scenario into the run directory ``out``.
 
     ``image_prefix``: the first image stage a method may change (see
     :class:`clipforget.models.prefix.FrozenImagePrefix`); "auto" takes the backend's default
     (``DualEncoder.default_image_prefix``), None trains on whole images.
+    ``audit``: the forgetting audit of the result (:func:`clipforget.audit.audit`, written to
+    audit.json), on the same images and in the same view as the method ran; see :data:`AuditSetting`.
     """
+    audit_cfg = resolve_audit_config(audit)
     out = Path(out)
     timer = Timer()
     timer.seconds["load"] = prepared.load_seconds
@@ -277,12 +307,19 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
     with timer("evaluate_unlearned"):
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
+    unlearned_view = result.model
     if isinstance(result.model, FrozenImagePrefix):
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     _write_diagnostics(out, result.diagnostics)
     with timer("save"):
         result.model.save(out / "model")
+    if audit_cfg is None:
+        (out / "audit.json").unlink(missing_ok=True)  # never report a stale audit
+    else:
+        with timer("audit"):  # view.model is the original in the method's view (methods clone it)
+            audited = run_audit(view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed=seed)
+        atomic_write_json(out / "audit.json", audited.to_dict())
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
                                              "unlearned": unlearned_metrics.to_dict(), "score": score})
     wall = time.time() - started

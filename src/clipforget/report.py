@@ -124,8 +124,94 @@ def write_report(run_dir: str | Path) -> Path:
         alpha = json.loads(alpha_path.read_text())
         plot_alpha(alpha["curve"], alpha.get("chosen"), plots / "alpha.png")
         out += ["## Souping coefficient", "", f"Chosen α = {alpha.get('chosen')}", "", "![alpha](plots/alpha.png)", ""]
+    audit_path = run_dir / "audit.json"
+    if audit_path.exists():
+        out += audit_section(json.loads(audit_path.read_text()))
     if info.get("timings"):
         out += ["## Wall time per stage (s)", ""]
         out += [f"- {k}: {v:.1f}" for k, v in info["timings"].items()]
         out.append("")
     return atomic_write_text(run_dir / "report.md", "\n".join(out))
+
+
+# -- the audit ----------------------------------------------------------------------------------
+def _f(x: Any, digits: int = 1) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "–"
+
+
+def _row(road: str, figure: str, original: Any, unlearned: Any, reference: str = "", digits: int = 1) -> str:
+    return f"| {road} | {figure} | {_f(original, digits)} | {_f(unlearned, digits)} | {reference} |"
+
+
+def _audit_rows(parts: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
+    rows = []
+    if "names" in parts:
+        n = parts["names"]
+        rows.append(_row("other names", f"Target, worst of {len(n['prompts'])} prompts (%)", n["target_worst"]["original"],
+                         n["target_worst"]["unlearned"], f"closed at ≤ {thresholds['max_target_worst']:g}"))
+        for p in n["prompts"]:
+            rows.append(_row("other names", f"Target as \"{p['name']}\", {n['template_counts'][p['templates']]} "
+                             f"{p['templates']} templates (%)", p["original"], p["unlearned"]))
+        for alias, share in n.get("fine_grained", {}).get("aliases", {}).items():
+            rows.append(_row("other names", f"1000-way top-1 \"{alias}\" (%)", share["original"], share["unlearned"]))
+    if "search" in parts:
+        s = parts["search"]
+        ref = f"chance {s['chance']:.1f}; closed at ≤ {thresholds['max_search_ratio']:g}× chance"
+        rows.append(_row("search", f"subgroup share of the top {s['subgroup']} of {s['gallery']}, worst query (%)",
+                         s["worst"]["original"]["share"], s["worst"]["unlearned"]["share"], ref))
+        for q in s["queries"]:
+            rows.append(_row("search", f"share for \"{q['query']}\" (%)", q["original"]["share"], q["unlearned"]["share"]))
+            rows.append(_row("search", f"mean rank for \"{q['query']}\"", q["original"]["mean_rank"], q["unlearned"]["mean_rank"],
+                             f"chance {s['chance_mean_rank']:.1f}"))
+    if "image" in parts:
+        i = parts["image"]
+        rows.append(_row("image side", "cosine to the original, Target images (mean)", None, i["cosine_target"]["mean"],
+                         f"moved at < {thresholds['max_image_cosine']:g}; min {i['cosine_target']['min']:.3f}", 3))
+        rows.append(_row("image side", "cosine to the original, Retain images (mean)", None, i["cosine_retain"]["mean"], "", 3))
+        pr = i["probe"]
+        rows.append(_row("image side", f"linear probe, subgroup vs {pr['test']['kind']} (balanced acc., %)",
+                         pr["original"], pr["unlearned"], "chance 50"))
+    if "relearn" in parts:
+        r = parts["relearn"]
+        rows.append(_row("relearning", "Target before fine-tuning (%)", r["before"]["original"], r["before"]["unlearned"]))
+        for setting, entry in r["settings"].items():
+            if "skipped" in entry:
+                rows.append(f"| relearning | {setting}: skipped ({entry['skipped']}) | – | – | |")
+                continue
+            for steps in r["steps"]:
+                rows.append(_row("relearning", f"Target after {steps} steps on {r['k']} images, {setting} "
+                                 f"({entry['parameters']} tensors) (%)", entry.get("original", {}).get(str(steps)),
+                                 entry["unlearned"][str(steps)]))
+    if "membership" in parts:
+        m = parts["membership"]
+        for score in ("similarity", "loss"):
+            o, u = m[score]["original"], m[score]["unlearned"]
+            rows.append(f"| membership | AUC, D_f ({m['members']}) vs unseen ({m['non_members']}), by {score} | "
+                        f"{o['auc']:.2f} [{o['low']:.2f}, {o['high']:.2f}] | {u['auc']:.2f} [{u['low']:.2f}, {u['high']:.2f}] | 0.5 = indistinguishable |")
+    return rows
+
+
+def audit_section(audit: Mapping[str, Any], level: int = 2) -> list[str]:
+    """The audit as Markdown lines (from an audit.json dict): the figures, the flags, what each cannot see."""
+    h = "#" * level
+    parts, verdict = audit["parts"], audit["verdict"]
+    out = [f"{h} Audit: can the subgroup still be found?", "",
+           f"Every road tested on the original and the unlearned model, on images no method saw (seed {audit['seed']}). "
+           f"The flags are {verdict['kind']}.", "",
+           "| road | figure | original | unlearned | reference |", "|---|---|---|---|---|",
+           *_audit_rows(parts, verdict["thresholds"]), ""]
+    flags = verdict["flags"]
+    out += [f"Flags ({', '.join(f'{k} {v:g}' for k, v in verdict['thresholds'].items())}):", ""]
+    out += [f"- {k}: {'–' if v is None else ('yes' if v else 'no')}" for k, v in flags.items()]
+    out += [f"- closed on every road tested: {'–' if verdict['every_road_closed'] is None else ('yes' if verdict['every_road_closed'] else 'no')}", ""]
+    out += [f"{h}# What each figure measures, and what it cannot see", ""]
+    out += [f"- **{p}**: {note['measures']} Cannot see: {note['cannot_see']}" for p, note in audit["notes"].items()]
+    out += ["", "Seconds per part: " + ", ".join(f"{k} {v:.1f}" for k, v in audit["seconds"].items()), ""]
+    return out
+
+
+def write_audit_report(directory: str | Path, title: str) -> Path:
+    """``audit.md`` from the ``audit.json`` in ``directory``."""
+    directory = Path(directory)
+    audit = json.loads((directory / "audit.json").read_text())
+    return atomic_write_text(directory / "audit.md", "\n".join([f"# {title}", "", *audit_section(audit)]))
