@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic import build_tiny_scenario
 
+from clipforget.audit import AuditConfig
 from clipforget.cli import main
 from clipforget.data.locations import DataNotFoundError
 from clipforget.models import load_model
@@ -67,3 +70,48 @@ def test_lists(capsys):
     assert {"cifar10-cat", "fmnist-sneaker", "springer-in-dog"} <= set(capsys.readouterr().out.split())
     assert main(["methods"]) == 0
     assert "ours" in capsys.readouterr().out.split()
+
+
+@pytest.fixture(scope="module")
+def edited_pair(tmp_path_factory) -> tuple[str, str]:
+    """A tiny open_clip ResNet and a copy with its text projection flipped, both saved: (original, edited) ids."""
+    from tiny import register_tiny_openclip
+
+    root = tmp_path_factory.mktemp("pair")
+    register_tiny_openclip(root)
+    torch.manual_seed(0)
+    original = load_model("openclip:tiny-RN")
+    edited = copy.deepcopy(original)
+    with torch.no_grad():
+        edited.model.text_projection.mul_(-1)
+    original.save(root / "original")
+    edited.save(root / "edited")
+    return original.saved_id(root / "original"), edited.saved_id(root / "edited")
+
+
+def test_audit_command_end_to_end(edited_pair, tiny_scenario, tmp_path, capsys):
+    original, edited = edited_pair
+    config = tmp_path / "audit.yaml"
+    config.write_text(AuditConfig(templates=("a photo of a {}.",), relearn_steps=(1, 2)).to_yaml())
+    out = tmp_path / "audit"
+    argv = ["audit", "--model", edited, "--original", original, "--scenario", str(tiny_scenario), "--out", str(out),
+            "--seed", "1", "--config", str(config), "--image-prefix", "visual.layer4"]
+    assert main(argv) == 0
+    audited = json.loads((out / "audit.json").read_text())
+    assert (audited["seed"], audited["model"], audited["original"]) == (1, edited, original)
+    assert audited["image_prefix"] == "visual.layer4", "only the text changed, so both run on shared prefix activations"
+    assert audited["parts"]["relearn"]["changed"] == ["text_projection"]
+    assert audited["parts"]["relearn"]["settings"]["towers"]["parameters"] > 1
+    assert audited["parts"]["image"]["cosine_target"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert "## Audit: can the subgroup still be found?" in (out / "audit.md").read_text()
+    printed = capsys.readouterr().out
+    assert "Target, worst prompt" in printed and "audit.md" in printed
+
+
+def test_audit_command_refuses_a_file_as_its_output_before_loading_anything(tiny_scenario, tmp_path, caplog):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    argv = ["audit", "--model", "nope:x", "--original", "nope:y", "--scenario", str(tiny_scenario), "--out", str(taken / "sub")]
+    assert main(argv) == 2
+    assert "is a file" in caplog.text and "unknown model backend" not in caplog.text
+    assert taken.read_text() == "not a directory"

@@ -12,6 +12,7 @@ import torch
 import yaml
 from synthetic import build_tiny_scenario
 
+from clipforget.audit import AuditConfig
 from clipforget.bench import run_bench
 from clipforget.cli import main
 from clipforget.config import ConfigError
@@ -20,6 +21,7 @@ from clipforget.models import load_model
 from clipforget.pipeline import run_forget
 
 SMOKE = get_method("ours").smoke_config()
+AUDIT = AuditConfig(templates=("a photo of a {}.", "itap of a {}."), relearn_steps=(1, 2))  # seconds on tiny models
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_run_directory_is_self_describing_and_input_untouched(saved_rn, scenario, tmp_path):
     ckpt = Path(saved_rn.split("local-dir:")[1])
     before = _digest(ckpt)
-    result = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0)
+    result = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0, audit=AUDIT)
     run = tmp_path / "run"
     for name in ["config.yaml", "scenario.yaml", "run.json", "metrics.json", "events.jsonl", "fisher.json",
                  "alpha_curve.json", "report.md", "plots/metrics.png", "plots/fisher.png", "model/open_clip_model.safetensors"]:
@@ -65,12 +67,12 @@ def test_run_directory_is_self_describing_and_input_untouched(saved_rn, scenario
 
 
 def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, tmp_path, caplog):
-    first = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1)
+    first = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1, audit=False)
     # Pretend the run was killed during the restore stage.
     for name in ["stages/restore.json", "stages/restore.safetensors", "metrics.json"]:
         (tmp_path / "run" / name).unlink(missing_ok=True)
     with caplog.at_level(logging.INFO):
-        second = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1)
+        second = run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=1, audit=False)
     resumed = [r.getMessage() for r in caplog.records if "already finished" in r.getMessage()]
     assert any("'select'" in m for m in resumed) and any("'remind'" in m for m in resumed)
     assert not any("'restore'" in m for m in resumed)
@@ -83,7 +85,7 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, t
 
 
 def test_a_directory_holding_another_run_is_refused(saved_rn, scenario, tmp_path):
-    run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0)
+    run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=0, audit=False)
     with pytest.raises(ConfigError, match="holds a different run"):
         run_forget(saved_rn, scenario, tmp_path / "run", config=SMOKE, seed=2)
 
@@ -96,26 +98,70 @@ def test_writing_into_the_input_checkpoint_is_refused(saved_rn, scenario):
 
 def test_bench_runs_every_cell_once_and_resumes(saved_rn, scenario, tmp_path):
     configs = {"ours": SMOKE}
-    table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs)
+    table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs, audit=AUDIT)
     assert "| ours |" in table and "±" in table
+    assert "Target worst prompt ↓" in table and "search share ↓ (chance" in table
     cells = sorted(tmp_path.glob("runs/*/ours/seed*/metrics.json"))
     assert len(cells) == 2
     stamps = [c.stat().st_mtime_ns for c in cells]
-    run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs)
+    run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours"], seeds=[0, 1], configs=configs, audit=AUDIT)
     assert [c.stat().st_mtime_ns for c in cells] == stamps, "finished cells must not be redone"
     rows = json.loads((tmp_path / "results.json").read_text())
     assert {r["seed"] for r in rows} == {0, 1}
-    assert (tmp_path / "results.csv").read_text().startswith("scenario,method,seed")
+    for r in rows:
+        audited = json.loads((tmp_path / "runs" / r["scenario"] / "ours" / f"seed{r['seed']}" / "audit.json").read_text())
+        assert r["audit/target_worst"] == audited["parts"]["names"]["target_worst"]["unlearned"]
+        assert r["original"]["audit/target_worst"] == audited["parts"]["names"]["target_worst"]["original"]
+        assert r["audit/search_chance"] == audited["parts"]["search"]["chance"]
+    header = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("scenario,method,seed") and "audit/search_share" in header
 
 
 def test_cli_forget_with_a_config_file_and_overrides(saved_rn, scenario, tmp_path):
     cfg = tmp_path / "smoke.yaml"
     cfg.write_text(SMOKE.to_yaml())
     argv = ["forget", "--model", saved_rn, "--scenario", str(scenario), "--out", str(tmp_path / "run"),
-            "--config", str(cfg), "--seed", "3", "restore.grid=[0.0,1.0]"]
+            "--config", str(cfg), "--seed", "3", "restore.grid=[0.0,1.0]", "--no-audit"]
     assert main(argv) == 0
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["seed"] == 3 and resolved["method_config"]["restore"]["grid"] == [0.0, 1.0]
+    assert not (tmp_path / "run" / "audit.json").exists(), "--no-audit skips the audit"
+    assert "## Audit" not in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_every_run_is_audited_into_audit_json_and_the_report(saved_rn, scenario, tmp_path):
+    run = tmp_path / "run"
+    audit_yaml, smoke_yaml = tmp_path / "audit.yaml", tmp_path / "smoke.yaml"
+    audit_yaml.write_text(AUDIT.to_yaml())
+    smoke_yaml.write_text(SMOKE.to_yaml())
+    argv = ["forget", "--model", saved_rn, "--scenario", str(scenario), "--out", str(run), "--config", str(smoke_yaml),
+            "--audit-config", str(audit_yaml), "use_souping=false"]  # souping may rightly pick the original here, which leaves nothing to relearn
+    assert main(argv) == 0
+    audited = json.loads((run / "audit.json").read_text())
+    assert audited["config"] == AUDIT.to_dict() and audited["seed"] == 0
+    assert set(audited["parts"]) == set(AUDIT.parts) == set(audited["seconds"])
+    names = audited["parts"]["names"]
+    label = next(p for p in names["prompts"] if p["name"] == "dog" and p["templates"] == "scenario")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (label["original"], label["unlearned"]) == (metrics["original"]["target"], metrics["unlearned"]["target"])
+    assert audited["parts"]["relearn"]["changed"], "the run changed parameters, so relearning has some to tune"
+    report = (run / "report.md").read_text()
+    assert "## Audit: can the subgroup still be found?" in report and "Target, worst of" in report
+    assert "audit" in json.loads((run / "run.json").read_text())["timings"]
+
+
+def test_the_audit_runs_in_the_methods_view_on_prefix_activations(saved_rn, scenario, tmp_path):
+    from clipforget.pipeline import prepare, run_method
+
+    prepared = prepare(saved_rn, scenario)
+    run_method(prepared, tmp_path / "run", method="ours", config=SMOKE.with_overrides(["use_souping=false"]),
+               image_prefix="visual.layer4", audit=AUDIT)
+    audited = json.loads((tmp_path / "run" / "audit.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    label = next(p for p in audited["parts"]["names"]["prompts"] if p["name"] == "dog" and p["templates"] == "scenario")
+    assert label["unlearned"] == metrics["unlearned"]["target"]
+    relearn = audited["parts"]["relearn"]
+    assert relearn["changed"] and not any(n.startswith(("visual.stem", "visual.conv", "visual.layer1")) for n in relearn["changed"])
 
 
 @pytest.mark.parametrize("override, message", [("forget.nope=1", "unknown field"), ("restore.grid=[2.0]", "grid")])
@@ -132,7 +178,7 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
 
     prepared = prepare(saved_rn, scenario)
     config = SMOKE.with_overrides(["use_souping=false"])  # souping may rightly pick the original here
-    result = run_method(prepared, tmp_path / "run", method="ours", config=config, image_prefix="visual.layer4")
+    result = run_method(prepared, tmp_path / "run", method="ours", config=config, image_prefix="visual.layer4", audit=False)
     assert type(result.model).__name__ == "OpenClipModel", "the result is the ordinary model again"
     before, after = prepared.model.model.state_dict(), result.model.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -148,7 +194,7 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
 
 def test_bench_runs_config_variants_as_their_own_rows(saved_rn, scenario, tmp_path):
     table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours", "ours[use_souping=false]"],
-                      seeds=[0], configs={"ours": SMOKE})
+                      seeds=[0], configs={"ours": SMOKE}, audit=False)
     assert "| ours[use_souping=false] |" in table and "| ours |" in table
     variant = yaml.safe_load((tmp_path / "runs" / "tiny-springer" / "ours[use_souping=false]" / "seed0" / "config.yaml").read_text())
     assert variant["method"] == "ours" and variant["method_config"]["use_souping"] is False

@@ -10,6 +10,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
+from clipforget.audit import AuditResult, changed_parameters
+from clipforget.audit import audit as _audit
+from clipforget.config import ConfigError
 from clipforget.data import (
     build_scenario,
     bundled_scenarios,
@@ -19,8 +24,19 @@ from clipforget.data import (
 from clipforget.evaluation import evaluate as _evaluate
 from clipforget.methods import list_methods as _list_methods
 from clipforget.metrics import ScenarioMetrics
+from clipforget.io import atomic_write_json
 from clipforget.models import DualEncoder, load_model
-from clipforget.pipeline import ForgetResult, load_scenario_images, run_forget
+from clipforget.models.prefix import FrozenImagePrefix
+from clipforget.pipeline import (
+    AuditSetting,
+    ForgetResult,
+    load_scenario_images,
+    map_images,
+    refuse_inside_checkpoint,
+    resolve_audit_config,
+    run_forget,
+)
+from clipforget.report import write_audit_report
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,82 @@ def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), *
     from clipforget.bench import run_bench
 
     return run_bench(model, scenarios, out=out, methods=methods, seeds=seeds, **kwargs)
+
+
+def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, seed: int = 0,
+          config: AuditSetting = True, device: str = "cpu", batch_size: int = 64,
+          image_prefix: str | None = "auto") -> AuditResult:
+    """Audit the unlearned ``model`` against ``original`` on ``scenario``; writes out/audit.json and audit.md.
+
+    Images are preprocessed once per preprocessing (twice only when the two models differ in it).
+    ``image_prefix`` ("auto": the backend's default) runs both models from that image stage on, on
+    activations computed once, when the two agree on every weight and buffer before it; else whole images.
+    """
+    out = Path(out)
+    _check_audit_out(out, (model, original))
+    audit_cfg = resolve_audit_config(config)
+    if audit_cfg is None:
+        raise ConfigError("the audit config is off; give a config (or none for the defaults)")
+    scenario_cfg = load_scenario_config(scenario)
+    splits = build_scenario(scenario_cfg)
+    before, after = load_model(original, device=device).eval(), load_model(model, device=device).eval()
+    sources = open_sources(scenario_cfg)
+    images = load_scenario_images(splits, sources, before.preprocess, batch_size=batch_size)
+    same = same_preprocess(before.preprocess, after.preprocess)
+    after_images = images if same else load_scenario_images(splits, sources, after.preprocess, batch_size=batch_size)
+    tuned = changed_parameters(before, after)
+    if image_prefix == "auto":
+        image_prefix = before.default_image_prefix
+    if same and image_prefix is not None and _prefix_agrees(before, after, image_prefix):
+        view = FrozenImagePrefix(before, image_prefix)
+        before, after = view, FrozenImagePrefix(after, image_prefix)
+        images = after_images = map_images(images, lambda x: view.prefix(x, batch_size))
+    else:
+        image_prefix = None
+    result = _audit(before, after, splits, images, audit_cfg, seed=seed, tuned=tuned, unlearned_images=after_images)
+    atomic_write_json(out / "audit.json", {"model": model, "original": original, "scenario": splits.name,
+                                           "image_prefix": image_prefix, **result.to_dict()})
+    write_audit_report(out, f"clipforget audit: {model} against {original} on {splits.name}")
+    return result
+
+
+def _check_audit_out(out: Path, model_ids) -> None:
+    """Refuse an --out that is (or lies under) a file, or inside an input checkpoint: before loading anything."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--out {out}: {p} is a file, and the audit writes a directory (audit.json, audit.md); "
+                                  "give a directory path")
+            break
+    for model_id in model_ids:
+        refuse_inside_checkpoint(out, model_id)
+
+
+def same_preprocess(a, b) -> bool:
+    """Whether two preprocessings give the same tensor for a probe image (compared by content, not by name)."""
+    if a is b:
+        return True
+    from PIL import Image
+
+    grid = torch.arange(45 * 67 * 3, dtype=torch.int64).reshape(45, 67, 3)
+    probe = Image.fromarray((grid * 37 % 256).to(torch.uint8).numpy(), "RGB")
+    x, y = a(probe), b(probe)
+    return x.shape == y.shape and torch.equal(x, y)
+
+
+def _prefix_agrees(a: DualEncoder, b: DualEncoder, image_prefix: str) -> bool:
+    """Whether every weight and buffer of the image stages before ``image_prefix`` is equal in both models."""
+    stages = a.image_stages()
+    names = [s.name for s in stages or ()]
+    if image_prefix not in names:
+        return False
+    frozen = stages[: names.index(image_prefix)]
+    sa, sb = a.state_dict_model(), b.state_dict_model()
+    keys = [k for k in sa if any(s.owns(k) for s in frozen)]
+    differ = [k for k in keys if k not in sb or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k])]
+    if differ:
+        log.info("the models differ before image stage %s (%s ...): auditing on whole images", image_prefix, differ[0])
+    return not differ
 
 
 DEMO_MODEL = "testbed"
@@ -70,6 +162,25 @@ def demo(*, out: str | Path = "runs/demo", device: str = "cpu", batch_size: int 
 def format_metrics(metrics: ScenarioMetrics) -> str:
     lines = [f"Target  {metrics.target:5.1f}", f"Retain  {metrics.retain:5.1f}"]
     lines += [f"{name:<7} {acc:5.1f}  (held out)" for name, acc in metrics.heldout.items()]
+    return "\n".join(lines)
+
+
+def format_audit(result: AuditResult) -> str:
+    """The audit's headline figures and flags, original -> unlearned, one per line."""
+    from clipforget.audit import audit_summary
+
+    summary = audit_summary(result.to_dict())
+    lines = []
+    if "target_worst" in summary:
+        lines.append(f"Target, worst prompt    {summary['target_worst']['original']:5.1f} -> {summary['target_worst']['unlearned']:5.1f}")
+    if "search_share" in summary:
+        lines.append(f"search share, worst     {summary['search_share']['original']:5.1f} -> {summary['search_share']['unlearned']:5.1f}"
+                     f"  (chance {summary['search_chance']:.1f})")
+    if "relearn" in summary:
+        r = summary["relearn"]
+        lines.append(f"relearn Target @{summary['relearn_steps']:<3d}    {r.get('original', float('nan')):5.1f} -> {r['unlearned']:5.1f}"
+                     f"  ({summary['relearn_setting']})")
+    lines += [f"{k:<24}{'-' if v is None else ('yes' if v else 'no')}" for k, v in result.verdict["flags"].items()]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from clipforget.config import ConfigError
 
@@ -24,6 +25,15 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-prefix", type=_prefix, default="auto",
                    help="first image stage methods may change; earlier stages run once per image "
                         "(default: auto = the backend's choice; none = whole images)")
+
+
+def _audit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-audit", action="store_true", help="skip the forgetting audit (audit.json) of each run")
+    p.add_argument("--audit-config", help="audit config YAML (default: the audit's defaults)")
+
+
+def _audit_setting(args: argparse.Namespace):
+    return False if args.no_audit else (args.audit_config or True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. forget.delta=-0.3 select.top_k=16")
     _train(p)
+    _audit(p)
     _common(p)
 
     p = sub.add_parser("bench", help="every method on every scenario and seed, resumable; CSV/JSON/Markdown")
@@ -59,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", required=True)
+    _train(p)
+    _audit(p)
+    _common(p)
+
+    p = sub.add_parser("audit", help="can the forgotten subgroup still be found? an unlearned model against its original")
+    p.add_argument("--model", required=True, help="the unlearned model id (e.g. testbed@runs/x/model)")
+    p.add_argument("--original", required=True, help="the model it was unlearned from")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--out", required=True, help="directory for audit.json and audit.md")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="audit config YAML (default: the audit's defaults)")
     _train(p)
     _common(p)
 
@@ -93,15 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = api.forget(
                 args.model, args.scenario, out=args.out, method=args.method, config=args.config,
                 overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                image_prefix=args.image_prefix,
+                image_prefix=args.image_prefix, audit=_audit_setting(args),
             )
             print(f"report: {result.run_dir / 'report.md'}")
         elif args.command == "bench":
             table = api.bench(
                 args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
                 device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+                audit=_audit_setting(args),
             )
             print(table)
+        elif args.command == "audit":
+            result = api.audit(
+                args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
+                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+            )
+            print(api.format_audit(result))
+            print(f"audit: {Path(args.out) / 'audit.md'}")
         elif args.command == "demo":
             result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
             print(f"report: {result.run_dir / 'report.md'}")
