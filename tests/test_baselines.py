@@ -10,7 +10,9 @@ from clipforget.methods import get_method, list_methods
 from clipforget.methods.baselines.common import clip_logits, text_heads, tower_params
 from clipforget.methods.baselines.finetuning import SalUnConfig, saliency_masks
 from clipforget.methods.baselines.weightspace import SSD, TaskVectorConfig, dampen
+from clipforget.methods.base import WeightChoice
 from clipforget.methods.forget import forget_progress
+from clipforget.methods.scoring import split_forget
 from clipforget.methods.training import TrainConfig
 from clipforget.models import DualEncoder
 
@@ -67,7 +69,8 @@ def test_ga_and_neggrad_lower_the_forget_similarity(rn, name, retain_weight):
 def test_salun_changes_only_salient_weights(rn):
     data = make_data()
     config = SalUnConfig(train=TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=100), saliency_fraction=0.05)
-    masks = saliency_masks(rn, data, tower_params(rn), config.saliency_fraction, config.saliency_samples)
+    fit, _ = split_forget(data, WeightChoice().holdout, seed=0)  # the method sees D_f without the held-out part
+    masks = saliency_masks(rn, fit, tower_params(rn), config.saliency_fraction, config.saliency_samples)
     after = get_method("salun").run(rn, data, config).model.model.state_dict()
     moved = {k: after[k] != v for k, v in rn.model.state_dict().items()}
     assert any(m.any() for m in moved.values())

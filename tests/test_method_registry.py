@@ -39,8 +39,8 @@ def test_duplicate_registration_is_refused():
     class Dummy(Method):
         config_class = Config
 
-        def run(self, model, data, config, *, store=None, seed=0, score_fn=None) -> MethodResult:
-            return MethodResult(model)
+        def fit(self, run, config) -> MethodResult:
+            return MethodResult(run.student)
 
     register_method("dummy-test")(Dummy)
     try:

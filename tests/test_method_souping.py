@@ -106,7 +106,7 @@ def test_greedy_soup_adds_only_ingredients_that_help():
 def test_forget_holdout_splits_d_f_into_disjoint_deterministic_parts():
     from test_method_stages import make_data
 
-    from clipforget.methods.ours import split_forget
+    from clipforget.methods.scoring import split_forget
 
     data = make_data(n=10)
     fit, check = split_forget(data, 0.2, seed=0)
@@ -133,3 +133,44 @@ def test_alpha_tolerance_prefers_the_smallest_feasible_alpha_near_the_best_utili
     assert pick_alpha(curve, forget_target=0.0) == 3  # the best feasible utility
     assert pick_alpha(curve, forget_target=0.0, tolerance=0.01) == 1  # within 0.01 of it, closest to the original
     assert pick_alpha(curve, forget_target=0.0, tolerance=0.0) == 3
+
+
+def test_the_shared_rule_takes_the_best_feasible_candidate_else_the_one_that_forgets_most():
+    from clipforget.methods.scoring import best_candidate
+
+    curve = [{"utility": 0.9, "forget_acc": 0.5}, {"utility": 0.7, "forget_acc": 0.0}, {"utility": 0.8, "forget_acc": 0.0},
+             {"utility": 0.8, "forget_acc": 0.0}]
+    assert best_candidate(curve, forget_target=0.0) == 2  # ties keep the earlier
+    assert best_candidate(curve, forget_target=0.5) == 0
+    none_feasible = [{"utility": 0.9, "forget_acc": 0.5}, {"utility": 0.1, "forget_acc": 0.2}, {"utility": 0.3, "forget_acc": 0.2}]
+    assert best_candidate(none_feasible, forget_target=0.0) == 2
+
+
+def test_the_run_template_keeps_the_held_out_forget_images_from_every_method(tiny_model_id):
+    from test_method_stages import make_data
+
+    from clipforget.config import Config
+    from clipforget.methods.base import Method, MethodResult, WeightChoice
+
+    from clipforget.models import load_model
+
+    model = load_model(tiny_model_id)
+    seen = {}
+
+    class Spy(Method):
+        config_class = Config
+
+        def fit(self, run, config):
+            seen.update(fit=run.data.forget_images, check=run.check.forget_images, target=run.forget_target,
+                        score=run.score_fn(run.original))
+            return MethodResult(run.student)
+
+    data = make_data(n=10)
+    Spy().run(model, data, Config(), seed=3, choice=WeightChoice(holdout=0.3, forget_target=0.1))
+    fit = {tuple(x.flatten()[:6].tolist()) for x in seen["fit"]}
+    check = {tuple(x.flatten()[:6].tolist()) for x in seen["check"]}
+    assert len(fit) == 7 and len(check) == 3 and not fit & check
+    assert seen["target"] == 0.1
+    utility, forget_acc = seen["score"]
+    assert 0 <= utility <= 1
+    assert abs(forget_acc * 3 - round(forget_acc * 3)) < 1e-6  # measured on the 3 held-out images only

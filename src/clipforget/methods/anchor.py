@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from clipforget.config import Config, require
-from clipforget.methods.base import UnlearnData
+from clipforget.methods.core import UnlearnData
 from clipforget.methods.losses import embedding_distance, encode_texts
 from clipforget.methods.training import BatchStream
 from clipforget.models.base import DualEncoder

@@ -9,73 +9,22 @@ flags or print: tensors and modules in, a :class:`MethodResult` out.
 from __future__ import annotations
 
 import abc
-import copy
 import time
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
-import torch
-from torch import Tensor
-
 from clipforget.config import Config, ConfigError, require
+from clipforget.methods.core import (  # noqa: F401  (the shared types, re-exported)
+    ScoreFn,
+    StateDict,
+    UnlearnData,
+    clone_model,
+    load_partial_state,
+    stage_generator,
+)
+from clipforget.methods.scoring import make_score_fn, split_forget
 from clipforget.models.base import DualEncoder
-
-StateDict = dict[str, Tensor]
-ScoreFn = Callable[[Mapping[str, Tensor]], tuple[float, float]]
-"""``score_fn(state_dict) -> (utility, forget_acc)``: higher utility is better, forget_acc in [0, 1]."""
-
-
-@dataclass(frozen=True, eq=False)
-class UnlearnData:
-    """One forgetting task in memory (the pipeline builds it from a scenario).
-
-    - ``forget_images``: (N, 3, H, W) preprocessed images of the subgroup to forget (D_f).
-    - ``forget_text``: the text the forget images are paired with (e.g. "a photo of a marmoset").
-    - ``retain_images``, ``retain_labels``: (M, 3, H, W) sibling-subgroup images (D_r) and their
-      class indices into ``classnames``.
-    - ``calibration_images``: (K, 3, H, W) images for distillation targets and for choosing the
-      souping alpha (D_m); ``calibration_labels`` index into ``calibration_classnames`` when that is
-      given, else into ``classnames``; without labels, utility is agreement with the original model.
-    - ``classnames``, ``templates``: the scenario's label space and prompt templates (with ``{}``).
-    - ``forget_label``: index into ``classnames`` of the class the forgotten subgroup belongs to.
-    """
-
-    forget_images: Tensor
-    forget_text: str
-    retain_images: Tensor
-    retain_labels: Tensor
-    classnames: tuple[str, ...]
-    templates: tuple[str, ...]
-    forget_label: int
-    calibration_images: Tensor | None = None
-    calibration_labels: Tensor | None = None
-    calibration_classnames: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        require(self.forget_images.ndim == 4 and len(self.forget_images) > 0, "forget_images must be a non-empty (N, 3, H, W) tensor")
-        require(self.retain_images.ndim == 4 and len(self.retain_images) > 0, "retain_images must be a non-empty (M, 3, H, W) tensor")
-        require(
-            self.retain_labels.shape == (len(self.retain_images),),
-            f"retain_labels must have shape ({len(self.retain_images)},), got {tuple(self.retain_labels.shape)}",
-        )
-        require(len(self.classnames) > 0, "classnames is empty")
-        require(bool(self.templates) and all("{}" in t for t in self.templates), "every template must contain '{}'")
-        require(0 <= self.forget_label < len(self.classnames), f"forget_label {self.forget_label} is not an index into classnames")
-        require(
-            bool(((self.retain_labels >= 0) & (self.retain_labels < len(self.classnames))).all()),
-            "retain_labels must index into classnames",
-        )
-        if self.calibration_labels is not None:
-            require(self.calibration_images is not None, "calibration_labels given without calibration_images")
-            require(len(self.calibration_labels) == len(self.calibration_images), "calibration labels and images differ in length")
-        if self.calibration_classnames is not None:
-            require(self.calibration_labels is not None, "calibration_classnames given without calibration_labels")
-
-    def retain_prompts(self) -> list[str]:
-        """The text each retain image is paired with: the first template filled with its class."""
-        return [self.templates[0].format(self.classnames[int(i)]) for i in self.retain_labels]
 
 
 @dataclass
@@ -142,50 +91,64 @@ def run_stage(
     return info
 
 
-def load_partial_state(model: DualEncoder, state: Mapping[str, Tensor]) -> None:
-    """Copy ``state`` into the backend model, checking every key and shape."""
-    own = model.model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise KeyError(f"stored state has keys the model lacks: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    with torch.no_grad():
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"stored state {k!r} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
-            own[k].copy_(v)
-
-
-def clone_model(model: DualEncoder) -> DualEncoder:
-    """A deep copy of the weights that shares the read-only helpers (tokenizer, preprocess, spec)."""
-    shared = {
-        id(v): v for v in vars(model).values() if not isinstance(v, (torch.nn.Module, Tensor, dict, list, set, int, float, str, bool))
-    }
-    return copy.deepcopy(model, memo=shared)
-
-
-def stage_generator(seed: int, stage: str) -> torch.Generator:
-    """A CPU generator for one stage, derived from the run seed (so resumed runs match fresh ones)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(stage.encode())) % 2**63)
-
-
 # -- the interface ----------------------------------------------------------------------------
 
 C = TypeVar("C", bound=Config)
 
 
-class Method(abc.ABC):
-    """An unlearning method. Subclasses set ``config_class`` and implement :meth:`run`.
+@dataclass(frozen=True)
+class WeightChoice(Config):
+    """How every method picks its final weights; :meth:`Method.run` applies it to all methods alike.
 
-    ``run`` leaves ``model`` unchanged and returns a new model in the result; every random draw
-    comes from ``seed``; finished stages are saved to and resumed from ``store``.
-    ``score_fn`` (used by methods that choose among weight sets) scores a backend state dict; when
-    None, a method builds one from ``data``.
+    holdout: fraction of D_f kept out of every method's training; its forget accuracy is what
+        ``score_fn`` reports, an honest estimate of the Target on unseen subgroup images (the forget
+        accuracy of images a method was tuned on is optimistic).
+    forget_target: a candidate is feasible when that forget accuracy is at most this
+        (see :func:`clipforget.methods.scoring.best_candidate`).
+    """
+
+    holdout: float = 0.2
+    forget_target: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}")
+        require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
+
+
+@dataclass(frozen=True, eq=False)
+class MethodRun:
+    """What :meth:`Method.run` hands a method: built once here, the same for every method.
+
+    - ``teacher``: the model as received (eval mode; never changed); ``student``: its clone to edit.
+    - ``original``: a copy of the teacher's backend state dict.
+    - ``data``: the task with the held-out part of D_f removed; ``check``: that held-out part.
+    - ``score_fn``, ``forget_target``: the one scoring function and target every method picks by.
+    """
+
+    teacher: DualEncoder
+    student: DualEncoder
+    original: StateDict
+    data: UnlearnData
+    check: UnlearnData
+    score_fn: ScoreFn
+    forget_target: float
+    store: StageStore
+    seed: int
+
+
+class Method(abc.ABC):
+    """An unlearning method. Subclasses set ``config_class`` and implement :meth:`fit`.
+
+    :meth:`run` is the template every method shares: it checks the config, holds out part of D_f
+    (``choice``), builds the scoring function, clones the model and snapshots the original, then
+    calls :meth:`fit`. ``run`` leaves ``model`` unchanged and returns a new model in the result;
+    every random draw comes from ``seed``; finished stages are saved to and resumed from ``store``.
+    ``score_fn`` replaces the default scoring function (built from the held-out forget images).
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[Config]]
 
-    @abc.abstractmethod
     def run(
         self,
         model: DualEncoder,
@@ -194,8 +157,30 @@ class Method(abc.ABC):
         *,
         store: StageStore | None = None,
         seed: int = 0,
+        choice: WeightChoice | None = None,
         score_fn: ScoreFn | None = None,
-    ) -> MethodResult: ...
+    ) -> MethodResult:
+        self.check_config(config)
+        choice = choice if choice is not None else WeightChoice()
+        fit, check = split_forget(data, choice.holdout, seed)
+        teacher = model.eval()
+        student = clone_model(model).eval()
+        run = MethodRun(
+            teacher=teacher,
+            student=student,
+            original={k: v.detach().clone() for k, v in teacher.model.state_dict().items()},
+            data=fit,
+            check=check,
+            score_fn=score_fn or _built_on_first_call(lambda: make_score_fn(teacher, check)),
+            forget_target=choice.forget_target,
+            store=store if store is not None else InMemoryStore(),
+            seed=seed,
+        )
+        return self.fit(run, config)
+
+    @abc.abstractmethod
+    def fit(self, run: MethodRun, config: Config) -> MethodResult:
+        """Unlearn ``run.data`` from ``run.student`` and return it, choosing weights by ``run.score_fn``."""
 
     @classmethod
     def smoke_config(cls) -> Config:
@@ -205,6 +190,18 @@ class Method(abc.ABC):
     def check_config(self, config: Config) -> None:
         if not isinstance(config, self.config_class):
             raise ConfigError(f"method {self.name!r} needs a {self.config_class.__name__}, got {type(config).__name__}")
+
+
+def _built_on_first_call(build: Callable[[], ScoreFn]) -> ScoreFn:
+    """A scoring function built only when first called (a resumed run whose choice is stored never builds it)."""
+    built: list[ScoreFn] = []
+
+    def score(state):
+        if not built:
+            built.append(build())
+        return built[0](state)
+
+    return score
 
 
 # -- the registry -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from clipforget.config import Config, ConfigError, require
-from clipforget.methods.base import UnlearnData
+from clipforget.methods.core import UnlearnData
 from clipforget.methods.losses import encode_texts
 from clipforget.models.base import TOWERS, DualEncoder
 

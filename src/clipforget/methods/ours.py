@@ -14,14 +14,11 @@ from clipforget.methods.adapters import AdapterConfig
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
 from clipforget.methods.anchor import AnchorConfig, TextAnchor
 from clipforget.methods.base import (
-    InMemoryStore,
     Method,
     MethodResult,
+    MethodRun,
     ScoreFn,
-    StageStore,
     StateDict,
-    UnlearnData,
-    clone_model,
     load_partial_state,
     register_method,
     run_stage,
@@ -34,9 +31,8 @@ from clipforget.methods.fisher import (
     top_layers,
 )
 from clipforget.methods.forget import ForgetConfig, forget_stage
-from clipforget.methods.losses import tunes_text
+from clipforget.methods.losses import embed_images, tunes_text
 from clipforget.methods.remind import DistillConfig, remind_stage
-from clipforget.methods.scoring import make_score_fn
 from clipforget.methods.souping import (
     SoupChoice,
     greedy_soup,
@@ -58,10 +54,8 @@ class RestoreConfig(Config):
         and reminded weights) or "fisher" (per-layer Fisher-weighted average of original and
         unlearned: retain Fisher pulls toward the original, forget Fisher toward the unlearned).
     grid: the alpha values tried by "interpolate" (0: original, 1: unlearned).
-    forget_target: largest acceptable forget accuracy of the chosen weights.
-    holdout: fraction of D_f kept out of select / forget / remind and used only to measure the forget
-        accuracy that constrains alpha (an honest estimate of the Target on unseen subgroup images;
-        the forget-set accuracy of images the model was tuned on is optimistic). 0: use all of D_f.
+    The forget target and the held-out part of D_f that check each alpha are the run's
+    (:class:`clipforget.methods.base.WeightChoice`), the same for every method.
     tolerance: take the smallest feasible alpha whose utility is within this of the best feasible
         utility (0: the best). Measured on cifar10-cat, seed 1: picking the best calibration utility
         chose alpha = 1 and lost 56 points on held-out Fashion-MNIST that calibration cannot see.
@@ -80,16 +74,12 @@ class RestoreConfig(Config):
 
     mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
     grid: tuple[float, ...] = tuple(i / 20 for i in range(21))
-    forget_target: float = 0.0
-    holdout: float = 0.2
     tolerance: float = 0.03
     pick: Literal["center", "edge"] = "edge"
     margin: int = 3
 
     def __post_init__(self) -> None:
         require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
-        require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
-        require(0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}")
         require(0 <= self.tolerance <= 1, f"tolerance must be in [0, 1], got {self.tolerance}")
         require(self.pick in ("center", "edge"), f"pick must be 'center' or 'edge', got {self.pick!r}")
         require(self.margin >= 0, f"margin must be >= 0 grid steps, got {self.margin}")
@@ -121,17 +111,6 @@ class OursConfig(Config):
     restore: RestoreConfig = field(default_factory=RestoreConfig)
 
 
-def split_forget(data: UnlearnData, holdout: float, seed: int) -> tuple[UnlearnData, UnlearnData]:
-    """(data to tune on, data whose forget images check the forget accuracy): D_f split by ``holdout``."""
-    n = len(data.forget_images)
-    k = int(round(holdout * n))
-    if k == 0 or k == n:
-        return data, data
-    order = torch.randperm(n, generator=stage_generator(seed, "holdout"))
-    fit = dataclasses.replace(data, forget_images=data.forget_images[order[k:]])
-    return fit, dataclasses.replace(data, forget_images=data.forget_images[order[:k]])
-
-
 def _state_of(model: DualEncoder, keys: list[str], original: StateDict) -> StateDict:
     """The named entries plus any other entry that differs from ``original`` (what a stage changed)."""
     own = model.model.state_dict()
@@ -155,23 +134,9 @@ class Ours(Method):
             restore=RestoreConfig(grid=(0.0, 0.5, 1.0)),
         )
 
-    def run(
-        self,
-        model: DualEncoder,
-        data: UnlearnData,
-        config: OursConfig,
-        *,
-        store: StageStore | None = None,
-        seed: int = 0,
-        score_fn: ScoreFn | None = None,
-    ) -> MethodResult:
-        self.check_config(config)
-        store = store if store is not None else InMemoryStore()
-        teacher = model.eval()
-        student = clone_model(model).eval()
-        original = {k: v.detach().clone() for k, v in teacher.model.state_dict().items()}
+    def fit(self, run: MethodRun, config: OursConfig) -> MethodResult:
+        teacher, student, original, data, store, seed = run.teacher, run.student, run.original, run.data, run.store, run.seed
         diagnostics: dict[str, dict[str, Any]] = {}
-        data, check_data = split_forget(data, config.restore.holdout if config.use_souping else 0.0, seed)
 
         def select() -> tuple[dict[str, Any], StateDict]:
             candidates = candidate_layers(student, config.select)
@@ -196,7 +161,8 @@ class Ours(Method):
 
         def forget() -> tuple[dict[str, Any], StateDict]:
             g = stage_generator(seed, "forget")
-            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora, anchor=anchor("forget"))
+            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora,
+                                anchor=anchor("forget"), original_embeddings=embed_images(teacher, data.forget_images))
             return info, _state_of(student, params, original)
 
         diagnostics["forget"] = run_stage(store, "forget", student, forget)
@@ -220,7 +186,7 @@ class Ours(Method):
             diagnostics["remind"] = run_stage(store, "remind", student, remind)
 
         def restore() -> tuple[dict[str, Any], StateDict]:
-            choice = self._restore(config, original, student, after_forget, sel, score_fn or make_score_fn(teacher, check_data))
+            choice = self._restore(config, original, student, after_forget, sel, run.score_fn, run.forget_target)
             load_partial_state(student, choice.state)
             return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
 
@@ -230,14 +196,15 @@ class Ours(Method):
 
     @staticmethod
     def _restore(
-        config: OursConfig, original: StateDict, student: DualEncoder, after_forget: StateDict, sel: dict, score_fn: ScoreFn
+        config: OursConfig, original: StateDict, student: DualEncoder, after_forget: StateDict, sel: dict, score_fn: ScoreFn,
+        forget_target: float,
     ) -> SoupChoice:
         unlearned = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
         cfg = config.restore
         if cfg.mode == "interpolate":
-            return search_alpha(original, unlearned, score_fn, sorted(cfg.grid), cfg.forget_target, cfg.tolerance, cfg.pick, cfg.margin)
+            return search_alpha(original, unlearned, score_fn, sorted(cfg.grid), forget_target, cfg.tolerance, cfg.pick, cfg.margin)
         if cfg.mode == "greedy":
-            return greedy_soup([unlearned, {**original, **after_forget}, original], score_fn, cfg.forget_target)
+            return greedy_soup([unlearned, {**original, **after_forget}, original], score_fn, forget_target)
         layers = student.layers()
         layer_of = {p: layer for layer in sel["layers"] for p in layers[layer]}
         scores = sel["scores"]

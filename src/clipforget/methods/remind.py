@@ -19,7 +19,7 @@ from torch import Tensor
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.anchor import TextAnchor
-from clipforget.methods.base import UnlearnData
+from clipforget.methods.core import UnlearnData
 from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress
 from clipforget.methods.losses import (
     class_embeddings,
@@ -104,7 +104,7 @@ def remind_stage(
     fixed_classifier = None if tunes_text(student, param_names) else build_zero_shot_classifier(student, data.classnames, data.templates)
     batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
     forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
-    forget_objective = ForgetObjective(student, data, forget, param_names)
+    forget_objective = ForgetObjective(student, data, forget, param_names, embed_images(teacher, data.forget_images))
 
     def loss_fn(step: int) -> dict[str, Tensor]:
         idx = batches.next().to(pool.device)
@@ -122,8 +122,7 @@ def remind_stage(
         else:
             terms["ce"] = F.cross_entropy(logits, labels[idx])
         if config.forget_weight > 0:
-            f_images = data.forget_images[forget_batches.next()].to(student.device)
-            terms["forget"] = config.forget_weight * forget_objective(f_images)["loss"]
+            terms["forget"] = config.forget_weight * forget_objective(forget_batches.next())["loss"]
         if anchor is not None:
             terms["anchor"] = anchor.loss(student)
         return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}

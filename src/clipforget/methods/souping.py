@@ -1,8 +1,7 @@
 """Stage 3, restore: weight-space souping, as pure functions on state dicts.
 
-The scoring is the caller's: ``score_fn(state_dict) -> (utility, forget_acc)``. A soup is
-*feasible* when its forget accuracy is at or below ``forget_target``; among feasible soups the
-highest utility wins; when none is feasible, the lowest forget accuracy wins (and a warning says so).
+The scoring is the caller's: ``score_fn(state_dict) -> (utility, forget_acc)``. Feasibility and the
+fallback when no soup is feasible are the rule every method shares (:mod:`clipforget.methods.scoring`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from clipforget.methods.base import ScoreFn, StateDict
+from clipforget.methods.core import ScoreFn, StateDict
+from clipforget.methods.scoring import best_candidate, feasible, most_forgetting
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,21 @@ def pick_alpha(curve: list[dict[str, float]], forget_target: float, tolerance: f
       forget accuracy of a few holdout images places the edges of the feasible region only roughly,
       and it need not fall monotonically: reminding can bring part of the subgroup back near alpha = 1.
     """
-    ok = [c["forget_acc"] <= forget_target for c in curve]
-    feasible = [i for i in range(len(curve)) if ok[i]]
+    ok = [feasible(c, forget_target) for c in curve]
+    candidates = [i for i in range(len(curve)) if ok[i]]
     if rule == "edge" and margin > 0:
-        inside = [i for i in feasible if i >= margin and all(ok[i - margin : i + 1])]
-        if feasible and not inside:
+        inside = [i for i in candidates if i >= margin and all(ok[i - margin : i + 1])]
+        if candidates and not inside:
             log.warning("no feasible alpha has %d feasible grid steps before it; taking the margin away", margin)
-        feasible = inside or feasible
-    if feasible:
-        best = max(curve[i]["utility"] for i in feasible)
-        near = [i for i in feasible if curve[i]["utility"] >= best - tolerance]
+        candidates = inside or candidates
+    if candidates:
+        best = max(curve[i]["utility"] for i in candidates)
+        near = [i for i in candidates if curve[i]["utility"] >= best - tolerance]
         if rule == "center":
             return max(near, key=lambda i: (_steps_inside(ok, i), -i))
         return min(near)
     log.warning("no candidate reaches forget accuracy <= %s; taking the one that forgets most", forget_target)
-    return min(range(len(curve)), key=lambda i: (curve[i]["forget_acc"], -curve[i]["utility"], i))
+    return most_forgetting(curve)
 
 
 def search_alpha(
@@ -149,7 +149,8 @@ def greedy_soup(ingredients: Sequence[Mapping[str, Tensor]], score_fn: ScoreFn, 
     if not ingredients:
         raise ValueError("greedy soup needs at least one ingredient")
     scored = [dict(zip(("utility", "forget_acc"), map(float, score_fn(s)))) for s in ingredients]
-    order = sorted(range(len(ingredients)), key=lambda i: (scored[i]["forget_acc"] > forget_target, -scored[i]["utility"], i))
+    first = best_candidate(scored, forget_target)
+    order = [first, *sorted((i for i in range(len(ingredients)) if i != first), key=lambda i: (-scored[i]["utility"], i))]
     chosen = [order[0]]
     soup, best = dict(ingredients[order[0]]), scored[order[0]]
     curve = [{"ingredient": float(order[0]), "added": 1.0, **best}]

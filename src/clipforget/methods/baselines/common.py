@@ -8,9 +8,9 @@ lowering it pushes a forget image away from both its paired text and its class. 
 cross-entropy over the class heads only. Models are trained in eval mode (BatchNorm statistics and
 dropout untouched); the logit scale is never trained.
 
-**Fair tuning.** :class:`BestWeights` scores candidate weights with ``score_fn`` (calibration and
-forget images only) and keeps the best: forget accuracy at or below ``forget_target`` with the
-highest utility, else the lowest forget accuracy (ties: the earlier candidate). Trained baselines
+**Fair tuning.** :class:`BestWeights` scores candidate weights with the run's ``score_fn``
+(calibration images and the held-out part of D_f) and keeps the best by the rule every method shares
+(:func:`clipforget.methods.scoring.best_candidate`). Trained baselines
 offer a checkpoint every ``train.check_every`` steps and at the end (the untrained start is not a
 candidate); weight-space baselines offer each point of their grid.
 """
@@ -29,20 +29,18 @@ from torch import Tensor
 from clipforget.config import Config, require
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.base import (
-    InMemoryStore,
     Method,
     MethodResult,
+    MethodRun,
     ScoreFn,
-    StageStore,
     StateDict,
     UnlearnData,
-    clone_model,
     load_partial_state,
     run_stage,
     stage_generator,
 )
 from clipforget.methods.losses import class_embeddings, encode_texts
-from clipforget.methods.scoring import make_score_fn
+from clipforget.methods.scoring import best_candidate
 from clipforget.methods.training import LossFn, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 
@@ -111,15 +109,13 @@ class BestWeights:
         self.curve: list[dict[str, float]] = []
         self.state: StateDict | None = None
         self.choice: dict[str, float] = {}
-        self._key: tuple[float, ...] | None = None
 
     def offer(self, state: Mapping[str, Tensor], **tags: float) -> None:
         utility, forget_acc = map(float, self.score_fn(state))
         entry = {**{k: float(v) for k, v in tags.items()}, "utility": utility, "forget_acc": forget_acc}
         self.curve.append(entry)
-        key = (1.0, utility, 0.0) if forget_acc <= self.forget_target else (0.0, -forget_acc, utility)
-        if self._key is None or key > self._key:
-            self._key, self.choice = key, entry
+        if best_candidate(self.curve, self.forget_target) == len(self.curve) - 1:  # ties keep the earlier one
+            self.choice = entry
             self.state = {k: v.detach().clone() for k, v in state.items()}
 
 
@@ -144,15 +140,10 @@ def train_keeping_best(
 
 @dataclass(frozen=True)
 class BaselineConfig(Config):
-    """What every baseline has.
+    """What every baseline has (the weight choice is the run's, :class:`clipforget.methods.base.WeightChoice`)."""
 
-    forget_target: a candidate is feasible when its forget accuracy (on D_f) is at most this.
-    """
-
-    forget_target: float = 0.05
-
-    def __post_init__(self) -> None:
-        require(0 <= self.forget_target <= 1, f"forget_target must be in [0, 1], got {self.forget_target}")
+    def __post_init__(self) -> None:  # subclasses validate their own fields and call this
+        pass
 
 
 @dataclass(frozen=True)
@@ -168,8 +159,7 @@ class TrainedConfig(BaselineConfig):
 class Baseline(Method):
     """A baseline is its :meth:`unlearn`: it edits ``student`` and offers candidates to ``best``.
 
-    :meth:`run` clones the model, runs ``unlearn`` as the one resumable stage "unlearn", loads the
-    best candidate and records the curve, the choice and whether the choice is the original weights.
+    :meth:`fit` runs ``unlearn`` as the one resumable stage "unlearn", loads the best candidate and records the curve, the choice and whether the choice is the original weights.
     """
 
     config_class = BaselineConfig
@@ -179,26 +169,14 @@ class Baseline(Method):
         self, student: DualEncoder, data: UnlearnData, config: Any, best: BestWeights, generator: torch.Generator
     ) -> dict[str, Any]: ...
 
-    def run(
-        self,
-        model: DualEncoder,
-        data: UnlearnData,
-        config: BaselineConfig,
-        *,
-        store: StageStore | None = None,
-        seed: int = 0,
-        score_fn: ScoreFn | None = None,
-    ) -> MethodResult:
-        self.check_config(config)
-        store = store if store is not None else InMemoryStore()
-        student = clone_model(model).eval()
-        original = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+    def fit(self, run: MethodRun, config: BaselineConfig) -> MethodResult:
+        student, original, data = run.student, run.original, run.data
 
         def stage() -> tuple[dict[str, Any], StateDict]:
-            best = BestWeights(score_fn or make_score_fn(model, data), config.forget_target)
-            info = self.unlearn(student, data, config, best, stage_generator(seed, self.name))
+            best = BestWeights(run.score_fn, run.forget_target)
+            info = self.unlearn(student, data, config, best, stage_generator(run.seed, self.name))
             load_partial_state(student, best.state)
             changed = {k: v.detach().clone() for k, v in student.model.state_dict().items() if not torch.equal(v, original[k])}
             return {**info, "curve": best.curve, "choice": best.choice, "chose_original": not changed}, changed
 
-        return MethodResult(model=student, diagnostics={"unlearn": run_stage(store, "unlearn", student, stage)})
+        return MethodResult(model=student, diagnostics={"unlearn": run_stage(run.store, "unlearn", student, stage)})
