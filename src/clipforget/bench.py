@@ -173,8 +173,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         if audit_cols:
             lines += ["", "Audit columns (`audit.json` of each cell): the largest Target over the label, its aliases and "
                       "two template sets; the subgroup's share of the top n in text-to-image search for its worst "
-                      "query, chance n / gallery size; the Target after the smallest relearning budget on the "
-                      "parameters the run changed (the original row: the same budget on the original). Time excludes the audit."]
+                      "query, chance n / gallery size; the Target after the smallest relearning budget of the first "
+                      "setting run (by default: on the parameters the run changed; the original row: the same budget on "
+                      "the original). Time excludes the audit."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
