@@ -243,3 +243,26 @@ def test_train_loop_ema_lags_the_raw_weights():
         return float(w.detach())
 
     assert 0 < train(0.5) < train(None)
+
+
+def test_subgroup_names_are_the_vocabulary_entries_the_model_gives_forget_images_more_than_retain_images(model):
+    from clipforget.methods.naming import subgroup_names
+
+    data = make_data()
+    vocabulary = ["red", "green", "blue", "cat", "dog", "ship", "tree", "car", data.classnames[0]]
+    names = subgroup_names(model, data, vocabulary, count=3)
+    assert len(names) <= 3
+    assert all(n["name"] != data.classnames[0] for n in names)  # a class of the scenario is never taken
+    margins = [n["forget"] - n["retain"] for n in names]
+    assert all(m > 0 for m in margins) and margins == sorted(margins, reverse=True)
+    assert subgroup_names(model, data, vocabulary, count=0) == []
+
+
+def test_forget_names_join_the_forget_label_in_the_class_term(model):
+    data = make_data()
+    config = ForgetConfig(delta=1.0, hinge=True, class_weight=1.0)
+    params = [n for n, _ in model.model.named_parameters()][:1]
+    everything = torch.arange(len(data.forget_images))
+    alone = float(ForgetObjective(model, data, config, params)(everything)["class"])
+    named = float(ForgetObjective(model, data, config, params, forget_names=["red", "blue"])(everything)["class"])
+    assert named > alone  # the joint probability of the label and the names is larger than the label's

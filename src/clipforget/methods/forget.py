@@ -52,6 +52,10 @@ class ForgetConfig(Config):
         terms alone can be met by moving a few text embeddings; this one can only be met on the image
         side, so other names of the subgroup and text searches no longer find it either.
     image_margin: the cosine to the original embedding below which a forget image no longer counts.
+    self_names: also push the forget images off this many names the original model gives them, read
+        from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
+        forget text in the similarity term and the forget label in the class term. 0: off.
+    vocabulary: a named label space (``imagenet1k``) or a list of names to read them from.
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=1e-3, batch_size=32))
@@ -61,11 +65,14 @@ class ForgetConfig(Config):
     class_weight: float = 1.0
     image_weight: float = 0.0
     image_margin: float = 0.0
+    self_names: int = 0
+    vocabulary: str | tuple[str, ...] = "imagenet1k"
 
     def __post_init__(self) -> None:
         require(self.class_weight >= 0, f"class_weight must be >= 0, got {self.class_weight}")
         require(self.image_weight >= 0, f"image_weight must be >= 0, got {self.image_weight}")
         require(-1 <= self.image_margin <= 1, f"image_margin is a cosine similarity in [-1, 1], got {self.image_margin}")
+        require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
         require(-1 <= self.delta <= 1, f"delta is a cosine similarity in [-1, 1], got {self.delta}")
         require(self.target_acc is None or 0 <= self.target_acc <= 1, f"target_acc must be in [0, 1], got {self.target_acc}")
 
@@ -77,12 +84,15 @@ class ForgetObjective:
     """
 
     def __init__(self, model: DualEncoder, data: UnlearnData, config: ForgetConfig, param_names: Sequence[str],
-                 original_embeddings: Tensor | None = None):
+                 original_embeddings: Tensor | None = None, forget_names: Sequence[str] = ()):
         self.model, self.data, self.config = model, data, config
         self.text_trains = tunes_text(model, param_names)
+        self.texts = [data.forget_text, *(data.templates[0].format(n) for n in forget_names)]
+        self.classes = [*data.classnames, *forget_names]  # the forget label's column and each name's
+        self.forget_columns = [data.forget_label, *range(len(data.classnames), len(self.classes))]
         with torch.no_grad():
-            self._text = encode_texts(model, [data.forget_text])[0]
-            self._classifier = build_zero_shot_classifier(model, data.classnames, data.templates)
+            self._text = encode_texts(model, self.texts)
+            self._classifier = build_zero_shot_classifier(model, self.classes, data.templates)
         if config.image_weight > 0 and original_embeddings is None:
             original_embeddings = embed_images(model, data.forget_images)
         self._original = original_embeddings
@@ -90,18 +100,18 @@ class ForgetObjective:
     def __call__(self, index: Tensor) -> dict[str, Tensor]:
         """The loss of the forget images ``data.forget_images[index]``."""
         model, data, config = self.model, self.data, self.config
-        text = encode_texts(model, [data.forget_text])[0] if self.text_trains else self._text
+        text = encode_texts(model, self.texts) if self.text_trains else self._text
         emb = model.encode_image(data.forget_images[index].to(model.device))
-        sim = emb @ text
+        sim = emb @ text.T  # (B, texts): the forget text, then each name's prompt
         terms = {"similarity": forget_loss(sim, config.delta, config.hinge)}
         if config.image_weight > 0:
             own = (emb * self._original[index.to(self._original.device)].to(emb.device)).sum(-1)
             terms["image"] = config.image_weight * torch.relu(own - config.image_margin).mean()
         if config.class_weight > 0:
-            classifier = class_embeddings(model, data.classnames, data.templates) if self.text_trains else self._classifier
+            classifier = class_embeddings(model, self.classes, data.templates) if self.text_trains else self._classifier
             logits = model.logit_scale.detach() * emb @ classifier.to(emb.dtype)
-            terms["class"] = config.class_weight * forget_class_loss(logits, data.forget_label)
-        return {"loss": sum(terms.values()), "mean_similarity": sim.mean().detach(), **{k: v.detach() for k, v in terms.items()}}
+            terms["class"] = config.class_weight * forget_class_loss(logits, self.forget_columns)
+        return {"loss": sum(terms.values()), "mean_similarity": sim[:, 0].mean().detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
 def forget_stage(
@@ -115,11 +125,13 @@ def forget_stage(
     use_lora: bool = True,
     anchor: TextAnchor | None = None,
     original_embeddings: Tensor | None = None,
+    forget_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Tune ``param_names`` of ``model`` (in place) to forget; return the curves and checks.
 
     ``original_embeddings``: the original model's embeddings of ``data.forget_images`` (for the image
     term; computed from ``model`` when absent, which is right while ``model`` is still the original).
+    ``forget_names``: other names of the subgroup to push the images off (see ``ForgetConfig.self_names``).
 
     ``anchor``: a text-anchor term added to the loss (see :mod:`clipforget.methods.anchor`).
     """
@@ -127,7 +139,7 @@ def forget_stage(
     batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
     checks: dict[str, list[float]] = {"step": [], "forget_similarity": [], "forget_acc": []}
 
-    objective = ForgetObjective(model, data, config, param_names, original_embeddings)
+    objective = ForgetObjective(model, data, config, param_names, original_embeddings, forget_names)
 
     def loss_fn(step: int) -> dict[str, torch.Tensor]:
         terms = objective(batches.next())

@@ -33,13 +33,16 @@ def forget_loss(similarity: Tensor, delta: float, hinge: bool) -> Tensor:
     return F.relu(similarity - delta).mean() if hinge else similarity.mean()
 
 
-def forget_class_loss(logits: Tensor, label: int) -> Tensor:
+def forget_class_loss(logits: Tensor, label: int | Sequence[int]) -> Tensor:
     """``-log(1 - p(label))`` over the class prompts, averaged: pushes images off their class, bounded below.
+
+    ``label`` may be several columns; then ``p`` is their joint probability.
 
     Unlike gradient ascent on the cross-entropy (unbounded, and it wrecks the model), the gradient
     vanishes once the label's probability is small, so it stops by itself.
     """
-    p = F.softmax(logits.float(), -1)[:, label]
+    columns = [label] if isinstance(label, int) else list(label)
+    p = F.softmax(logits.float(), -1)[:, columns].sum(-1)
     return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
 
 

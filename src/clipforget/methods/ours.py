@@ -32,6 +32,7 @@ from clipforget.methods.fisher import (
 )
 from clipforget.methods.forget import ForgetConfig, forget_stage
 from clipforget.methods.losses import embed_images, tunes_text
+from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.remind import DistillConfig, remind_stage
 from clipforget.methods.souping import (
     SoupChoice,
@@ -149,10 +150,14 @@ class Ours(Method):
                 layers = sorted(candidates)
             params = sorted({p for layer in layers for p in candidates[layer]})
             log.info("selected layers: %s", layers)
-            return {"scores": scores.to_dict(), "layers": layers, "params": params}, {}
+            names = subgroup_names(teacher, data, vocabulary(config.forget.vocabulary), config.forget.self_names)
+            if names:
+                log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
+            return {"scores": scores.to_dict(), "layers": layers, "params": params, "forget_names": names}, {}
 
         diagnostics["select"] = sel = run_stage(store, "select", student, select)
         params: list[str] = sel["params"]
+        forget_names = [n["name"] for n in sel.get("forget_names", [])]
 
         def anchor(stage: str) -> TextAnchor | None:
             if config.anchor.weight == 0 or stage not in config.anchor.stages or not tunes_text(student, params):
@@ -162,7 +167,8 @@ class Ours(Method):
         def forget() -> tuple[dict[str, Any], StateDict]:
             g = stage_generator(seed, "forget")
             info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora,
-                                anchor=anchor("forget"), original_embeddings=embed_images(teacher, data.forget_images))
+                                anchor=anchor("forget"), original_embeddings=embed_images(teacher, data.forget_images),
+                                forget_names=forget_names)
             return info, _state_of(student, params, original)
 
         diagnostics["forget"] = run_stage(store, "forget", student, forget)
@@ -179,6 +185,7 @@ class Ours(Method):
             info["distill"] = remind_stage(
                 student, teacher, data, retain, params, config.distill, config.forget, config.adapter, g,
                 use_lora=config.use_lora, use_distillation=config.use_distillation, anchor=anchor("remind"),
+                forget_names=forget_names,
             )  # fmt: skip
             return info, _state_of(student, params, original)
 

@@ -86,6 +86,7 @@ def remind_stage(
     use_lora: bool = True,
     use_distillation: bool = True,
     anchor: TextAnchor | None = None,
+    forget_names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Fine-tune ``param_names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r.
 
@@ -104,7 +105,7 @@ def remind_stage(
     fixed_classifier = None if tunes_text(student, param_names) else build_zero_shot_classifier(student, data.classnames, data.templates)
     batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
     forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
-    forget_objective = ForgetObjective(student, data, forget, param_names, embed_images(teacher, data.forget_images))
+    forget_objective = ForgetObjective(student, data, forget, param_names, embed_images(teacher, data.forget_images), forget_names)
 
     def loss_fn(step: int) -> dict[str, Tensor]:
         idx = batches.next().to(pool.device)
