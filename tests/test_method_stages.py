@@ -266,3 +266,15 @@ def test_forget_names_join_the_forget_label_in_the_class_term(model):
     alone = float(ForgetObjective(model, data, config, params)(everything)["class"])
     named = float(ForgetObjective(model, data, config, params, forget_names=["red", "blue"])(everything)["class"])
     assert named > alone  # the joint probability of the label and the names is larger than the label's
+
+
+def test_ours_by_default_changes_the_image_tower_only(model):
+    from clipforget.methods import get_method
+
+    method = get_method("ours")
+    config = method.smoke_config().with_overrides(["use_souping=false"])  # the souped choice may be the original
+    result = method.run(model, make_data(), config, seed=0)
+    before, after = model.model.state_dict(), result.model.model.state_dict()
+    changed = changed_keys(before, after)
+    assert changed, "the forget run changed nothing"
+    assert all(model.tower_of(k) == "image" for k in changed), sorted(k for k in changed if model.tower_of(k) != "image")

@@ -28,12 +28,10 @@ class SelectConfig(Config):
     """Which layers the forget stage may tune.
 
     top_k: how many layers to select.
-    towers: candidate towers ("image", "text"). Default the text tower, measured (testbed, seed 0):
-        relative Fisher ranked image layers first on cifar10-cat and tuning them cost held-out
-        Fashion-MNIST (87.3 -> 84.0, Score 99.2); text layers only: 87.0, Score 99.6. On
-        springer-in-dog and fmnist-sneaker the top 8 over both towers were text layers anyway, and
-        image layers only on springer-in-dog lost 11 points of held-out Imagenette (Score 94.6).
-        ``[image, text]`` is the paper's candidate set.
+    towers: candidate towers ("image", "text"). Default the image tower: with the text tower tuned, the
+        forget terms are met by moving a few text embeddings while the subgroup's images stay where they
+        were, so other names, text search and the image embeddings still find it (docs/decisions.md).
+        ``[image, text]`` is the paper's candidate set; ``[text]`` the previous default.
     include: regexes (``re.search`` on layer names); when non-empty a candidate must match one.
     exclude: regexes; a layer matching any is never a candidate.
     max_samples: at most this many images per set for the Fisher (a seeded subset).
@@ -42,7 +40,7 @@ class SelectConfig(Config):
     """
 
     top_k: int = 8
-    towers: tuple[str, ...] = ("text",)
+    towers: tuple[str, ...] = ("image",)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_samples: int = 64

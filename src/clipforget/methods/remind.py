@@ -41,7 +41,9 @@ class DistillConfig(Config):
         loss was still falling on springer-in-dog and the reminded weights forgot only 98% of the
         holdout (seed 1).
     kd_weight: weight of KL(teacher || student) over the class prompts.
-    embed_weight: weight of ``1 - cos`` between student and teacher image embeddings.
+    embed_weight: weight of ``1 - cos`` between student and teacher image embeddings. Default 5: with the
+        image tower tuned, it is what keeps the images forgetting does not concern where they were
+        (docs/decisions.md).
     forget_weight: weight of the forget loss kept active during reminding (default 5: on springer-in-dog
         the remind stage otherwise pulls unseen springer photos back to "dog"; 1 left Target 12%, 5 8%).
     use_calibration: also distil on the calibration images (when the data has them).
@@ -56,7 +58,7 @@ class DistillConfig(Config):
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=5e-4, batch_size=32, ema_decay=0.9))
     kd_weight: float = 1.0
-    embed_weight: float = 1.0
+    embed_weight: float = 5.0
     forget_weight: float = 5.0
     use_calibration: bool = True
     ce_weight: float = 1.0
