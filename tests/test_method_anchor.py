@@ -113,7 +113,8 @@ def test_bad_anchor_config_is_a_clear_error(field, value, message):
 
 def test_ours_applies_the_anchor_in_the_configured_stages_only(model):
     method = get_method("ours")
-    smoke = method.smoke_config().with_overrides(["select.towers=[text]"])  # the anchor only acts when text layers are tuned
+    smoke = method.smoke_config()
+    assert smoke.select.towers == ("text",)  # the anchor only acts when text layers are tuned
     for stages in (("remind",), ("forget", "remind")):
         config = smoke.with_overrides([f"anchor.stages=[{','.join(stages)}]"])
         diagnostics = method.run(model, make_data(), config, seed=0).diagnostics

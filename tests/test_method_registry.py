@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
     resumed = run("ours", model, store=store)
     sf, sr = full.model.model.state_dict(), resumed.model.model.state_dict()
     assert all(torch.equal(sf[k], sr[k]) for k in sf)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "docs" / "examples" / "methods").glob("*.yaml")))
+def test_every_shipped_method_config_is_valid(path):
+    from clipforget.pipeline import resolve_method_config
+
+    name = path.stem.split("-")[0]  # ours-image-side.yaml configures "ours"
+    config = resolve_method_config(name, path)
+    assert config != get_method(name).config_class(), f"{path.name} changes nothing"

@@ -28,10 +28,11 @@ class SelectConfig(Config):
     """Which layers the forget stage may tune.
 
     top_k: how many layers to select.
-    towers: candidate towers ("image", "text"). Default the image tower: with the text tower tuned, the
-        forget terms are met by moving a few text embeddings while the subgroup's images stay where they
-        were, so other names, text search and the image embeddings still find it (docs/decisions.md).
-        ``[image, text]`` is the paper's candidate set; ``[text]`` the previous default.
+    towers: candidate towers ("image", "text"). Default the text tower, which keeps every held-out set
+        but lets the forget terms be met by moving a few text embeddings while the subgroup's images
+        stay where they were (the audit shows it). ``[image]`` makes forgetting move the images
+        (docs/examples/methods/ours-image-side.yaml; docs/decisions.md has what it costs); ``[image, text]``
+        is the paper's candidate set.
     include: regexes (``re.search`` on layer names); when non-empty a candidate must match one.
     exclude: regexes; a layer matching any is never a candidate.
     max_samples: at most this many images per set for the Fisher (a seeded subset).
@@ -40,7 +41,7 @@ class SelectConfig(Config):
     """
 
     top_k: int = 8
-    towers: tuple[str, ...] = ("image",)
+    towers: tuple[str, ...] = ("text",)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     max_samples: int = 64

@@ -54,8 +54,8 @@ class ForgetConfig(Config):
     image_margin: the cosine to the original embedding below which a forget image no longer counts.
     self_names: also push the forget images off this many names the original model gives them, read
         from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
-        forget text in the similarity term and the forget label in the class term. 0: off. Default 5
-        (docs/decisions.md).
+        forget text in the similarity term and the forget label in the class term. 0: off (5 in
+        docs/examples/methods/ours-image-side.yaml; docs/decisions.md).
     vocabulary: a named label space (``imagenet1k``) or a list of names to read them from.
     """
 
@@ -66,7 +66,7 @@ class ForgetConfig(Config):
     class_weight: float = 1.0
     image_weight: float = 0.0
     image_margin: float = 0.0
-    self_names: int = 5
+    self_names: int = 0
     vocabulary: str | tuple[str, ...] = "imagenet1k"
 
     def __post_init__(self) -> None:
