@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +30,7 @@ from clipforget.methods.fisher import (
     top_layers,
 )
 from clipforget.methods.forget import ForgetConfig, forget_stage
-from clipforget.methods.losses import embed_images, tunes_text
+from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.remind import DistillConfig, remind_stage
 from clipforget.methods.souping import (
@@ -167,8 +166,7 @@ class Ours(Method):
         def forget() -> tuple[dict[str, Any], StateDict]:
             g = stage_generator(seed, "forget")
             info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora,
-                                anchor=anchor("forget"), original_embeddings=embed_images(teacher, data.forget_images),
-                                forget_names=forget_names)
+                                anchor=anchor("forget"), forget_names=forget_names)
             return info, _state_of(student, params, original)
 
         diagnostics["forget"] = run_stage(store, "forget", student, forget)

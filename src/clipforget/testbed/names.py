@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from clipforget.data.presets import imagenet_classnames  # the testbed's ImageNet names are the library's
+from clipforget.data.presets import imagenet_classnames  # noqa: F401  (the testbed's ImageNet names are the library's)
 from clipforget.data.sources import (
     CLEAN,
     FASHION_MNIST_CLASSES,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipforget.config import Config, require
+from clipforget.config import Config
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.base import (
     Method,
