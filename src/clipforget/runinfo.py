@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("clipforget", "torch", "torchvision", "open_clip_torch", "transformers", "timm", "peft", "safetensors")
+PACKAGES = ("clipforget", "torch", "torchvision", "open_clip_torch", "transformers", "timm", "safetensors")
 
 
 def package_versions() -> dict[str, str]:
