@@ -1,4 +1,8 @@
-"""Small I/O helpers: atomic writes, so an interrupted run never leaves a half-written file."""
+"""Small I/O helpers: atomic writes, so an interrupted run never leaves a half-written file.
+
+Every file and folder written gets the mode a plain ``open`` / ``mkdir`` would give it under the
+process's umask (the temporary files they start as are private to the owner).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,20 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets as it reads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -20,6 +38,7 @@ def _atomic(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -31,6 +50,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+    return _atomic(Path(path), write)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
     return _atomic(Path(path), write)
 
@@ -69,7 +96,7 @@ def atomic_write_dir(directory: str | Path, write: Callable[[Path], None], last:
     try:
         write(tmp)
         if not directory.exists():
-            tmp.chmod(0o755)  # mkdtemp makes it private to the owner
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private to the owner
             os.replace(tmp, directory)
             return directory
         files = sorted((p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()), key=lambda r: str(r) in last)
