@@ -196,8 +196,38 @@ def test_bench_runs_config_variants_as_their_own_rows(saved_rn, scenario, tmp_pa
     table = run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours", "ours[use_souping=false]"],
                       seeds=[0], configs={"ours": SMOKE}, audit=False)
     assert "| ours[use_souping=false] |" in table and "| ours |" in table
-    variant = yaml.safe_load((tmp_path / "runs" / "tiny-springer" / "ours[use_souping=false]" / "seed0" / "config.yaml").read_text())
+    variant = yaml.safe_load((tmp_path / "runs" / "tiny-springer" / "ours+use_souping=false" / "seed0" / "config.yaml").read_text())
     assert variant["method"] == "ours" and variant["method_config"]["use_souping"] is False
+    folders = [p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir()]
+    assert not [f for f in folders if set(f) & set("*?[]{}'\" $!&;|<>()`\\ ")], folders
+
+
+@pytest.mark.parametrize("variant, folder", [("ours", "ours"), ("ours[use_lora=false,select.top_k=4]", "ours+use_lora=false+select.top_k=4"),
+                                             ("ours[anchor.words=a*b?]", "ours+anchor.words=a_b_"),
+                                             ("my method*", "my_method_")])
+def test_bench_folder_names_need_no_quoting(variant, folder):
+    from clipforget.bench import folder_name
+
+    assert folder_name(variant) == folder
+
+
+@pytest.mark.parametrize("policy, kept", [("none", set()), ("ours", {"ours"}), ("all", {"ours", "ft"}), ("best", None)])
+def test_bench_keeps_the_models_it_is_told_to(saved_rn, scenario, tmp_path, policy, kept):
+    configs = {"ours": SMOKE, "ft": get_method("ft").smoke_config()}
+    run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["ours", "ft"], configs=configs, audit=False,
+              save_models=policy)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    if kept is None:  # best: the cell with the highest Score (the first on a tie) keeps its model
+        kept = {max(rows, key=lambda r: r["score"])["method"]}
+    have = {r["method"] for r in rows if (tmp_path / r["cell"] / "model").is_dir()}
+    assert have == kept
+    for r in rows:
+        info = json.loads((tmp_path / r["cell"] / "run.json").read_text())
+        assert (info["unlearned_model"] is not None) == (r["method"] in kept)
+        assert (tmp_path / r["cell"] / "model" / "README.md").is_file() == (r["method"] in kept), "a saved model has its card"
+    page = (tmp_path / "report.html").read_text()
+    assert all(f'href="{r["cell"]}/report.html"' in page for r in rows)
+    assert all((tmp_path / r["cell"] / "report.html").is_file() for r in rows)
 
 
 def test_bench_refuses_unknown_methods_before_any_work(saved_rn, scenario, tmp_path):

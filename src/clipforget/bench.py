@@ -1,7 +1,9 @@
 """The benchmark runner: every method on every scenario and seed, same splits, same evaluation.
 
 Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
-by :func:`clipforget.pipeline.run_method`), ``results.csv``, ``results.json`` and ``table.md``.
+by :func:`clipforget.pipeline.run_method`, plus ``bench.json`` naming the cell), ``results.csv``,
+``results.json``, ``table.md`` and ``report.html``. Folder names carry no shell glob or quoting
+characters: a variant ``ours[use_lora=false,select.top_k=4]`` lives in ``ours+use_lora=false+select.top_k=4``.
 A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
 Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
@@ -12,6 +14,8 @@ import csv
 import io
 import json
 import logging
+import re
+import shutil
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,8 +28,23 @@ from clipforget.methods import get_method, list_methods
 log = logging.getLogger(__name__)
 
 
+SAVE_MODELS = ("none", "ours", "best", "all")
+"""Which cells keep their unlearned model folder: none; the cells of ``ours`` and its variants (the
+default: baselines' models are rarely wanted, and a ViT-L bench of full copies fills a disk); per
+scenario only the cell with the best Score so far; every cell."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@%-]")
+
+
+def folder_name(text: str) -> str:
+    """A folder name for a scenario or method variant that a shell takes unquoted: ``name[a=1,b=2]``
+    becomes ``name+a=1+b=2``; any other character outside ``A-Za-z0-9._,=+@%-`` becomes ``_``."""
+    name, overrides = parse_variant(text) if "[" in text else (text, [])
+    return _UNSAFE.sub("_", "+".join([name, *overrides])).lstrip("-") or "_"
+
+
 def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
-    return out / "runs" / scenario / method.replace("/", "_") / f"seed{seed}"
+    return out / "runs" / folder_name(scenario) / folder_name(method) / f"seed{seed}"
 
 
 def parse_variant(entry: str) -> tuple[str, list[str]]:
@@ -50,13 +69,17 @@ def run_bench(
     batch_size: int = 64,
     image_prefix: str | None = "auto",
     audit: Any = True,
+    save_models: str = "ours",
 ) -> str:
     """Run the grid and return the Markdown table.
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
-    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default).
+    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
+    ``save_models`` one of :data:`SAVE_MODELS`.
     """
+    if save_models not in SAVE_MODELS:
+        raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
     from clipforget.data import load_scenario_config
     from clipforget.pipeline import prepare, resolve_audit_config, resolve_method_config, run_method
 
@@ -67,6 +90,11 @@ def run_bench(
     variants = {m: parse_variant(m) for m in methods}
     for name, _ in variants.values():
         get_method(name)  # an unknown name fails before any work
+    folders: dict[str, str] = {}
+    for m in methods:
+        if folders.setdefault(folder_name(m), m) != m:
+            raise ValueError(f"methods {folders[folder_name(m)]!r} and {m!r} would share the folder {folder_name(m)!r}; "
+                             "rename one")
     resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
                 for m, (name, overrides) in variants.items()}
     for scenario in scenarios:
@@ -76,13 +104,33 @@ def run_bench(
             log.info("%s: every cell already finished", name)
             continue
         prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
-        for m, s in todo:
-            log.info("bench cell: %s / %s / seed %d", name, m, s)
-            run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
-                       device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit)
+        for i, (m, s) in enumerate(todo, 1):
+            log.info("bench cell %d/%d: %s / %s / seed %d", i, len(todo), name, m, s)
+            cell = cell_dir(out, name, m, s)
+            keep = save_models in ("all", "best") or (save_models == "ours" and variants[m][0] == "ours")
+            run_method(prepared, cell, method=variants[m][0], config=resolved[m], seed=s, device=device,
+                       batch_size=batch_size, image_prefix=image_prefix, audit=audit, save_model=keep)
+            atomic_write_json(cell / "bench.json", {"scenario": name, "method": m, "seed": s})
+            if save_models == "best":
+                _keep_best_model(out / "runs" / folder_name(name))
     rows = collect(out)
     write_tables(out, rows)
     return (out / "table.md").read_text()
+
+
+def _keep_best_model(scenario_dir: Path) -> None:
+    """Remove the model folder of every finished cell under ``scenario_dir`` but the best-scoring one."""
+    from clipforget.report import write_report
+
+    cells = [m.parent for m in scenario_dir.glob("*/seed*/metrics.json")]
+    best = max(cells, key=lambda c: json.loads((c / "metrics.json").read_text())["score"])
+    for cell in cells:
+        if cell != best and (cell / "model").is_dir():
+            shutil.rmtree(cell / "model")
+            info = json.loads((cell / "run.json").read_text())
+            atomic_write_json(cell / "run.json", {**info, "unlearned_model": None})
+            write_report(cell)
+            log.info("removed the model of %s (its Score is below that of %s)", cell, best)
 
 
 def collect(out: str | Path) -> list[dict[str, Any]]:
@@ -93,8 +141,8 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     and ``audit/relearn@<steps>`` (Target after the smallest relearning budget), the original's in
     ``original``.
     """
-    rows = []
-    for metrics_file in sorted(Path(out).glob("runs/*/*/seed*/metrics.json")):
+    rows, out = [], Path(out)
+    for metrics_file in sorted(out.glob("runs/*/*/seed*/metrics.json")):
         cell = metrics_file.parent
         metrics = json.loads(metrics_file.read_text())
         info = json.loads((cell / "run.json").read_text())
@@ -103,8 +151,10 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         if seconds is not None:
             seconds -= info.get("timings", {}).get("audit", 0.0)
         audited = _audit_columns(cell / "audit.json")
+        named = json.loads((cell / "bench.json").read_text()) if (cell / "bench.json").is_file() else {}
         rows.append({
-            "scenario": cell.parent.parent.name, "method": cell.parent.name, "seed": int(cell.name[4:]),
+            "scenario": named.get("scenario", cell.parent.parent.name), "method": named.get("method", cell.parent.name),
+            "seed": int(cell.name[4:]), "cell": cell.relative_to(out).as_posix(),
             "target": u["target"], "retain": u["retain"], **{f"heldout/{k}": v for k, v in u["heldout"].items()},
             "score": metrics["score"], "seconds": seconds, **audited.get("unlearned", {}), **audited.get("shared", {}),
             "original": {"target": o["target"], "retain": o["retain"], **{f"heldout/{k}": v for k, v in o["heldout"].items()},
@@ -144,10 +194,18 @@ def _audit_heads(cols: Sequence[str], cells: Sequence[Mapping[str, Any]]) -> lis
     return [heads[c] if c in heads else f"relearn Target @{c.split('@')[1]} steps ↓" for c in cols]
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Per scenario: the original model, then each method as mean ± std over seeds, in the paper's
-    columns, then the audit's columns where cells were audited ("–" where a cell was not)."""
-    parts = []
+AUDIT_NOTE = ("Audit columns (`audit.json` of each cell): the largest Target over the label, its aliases and "
+              "two template sets; the subgroup's share of the top n in text-to-image search for its worst "
+              "query, chance n / gallery size; the Target after the smallest relearning budget of the first "
+              "setting run (by default: on the parameters the run changed; the original row: the same budget on "
+              "the original). Time excludes the audit.")
+
+
+def scenario_tables(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """Per scenario ``(scenario, head, lines, note)``: the original model, then each method as mean ± std
+    over seeds (best mean Score first), in the paper's columns, then the audit's columns where cells
+    were audited ("–" where a cell was not); ``note`` explains the audit columns ("" without them)."""
+    tables = []
     for scenario in sorted({r["scenario"] for r in rows}):
         cells = [r for r in rows if r["scenario"] == scenario]
         cols = ["target", "retain"] + sorted({k for r in cells for k in r if k.startswith("heldout/")})
@@ -155,28 +213,31 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         audit_cols += sorted({k for r in cells for k in r if k.startswith("audit/relearn@")}, key=lambda k: int(k.split("@")[1]))[:1]
         head = ["Method", "Target ↓", "Retain ↑", *(c.split("/", 1)[1] for c in cols[2:]), "Score ↑",
                 *_audit_heads(audit_cols, cells), "seeds", "time (s)"]
-        lines = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         orig = next((r["original"] for r in cells if any(c in r["original"] for c in audit_cols)), cells[0]["original"])
-        lines.append("| original | " + " | ".join(f"{orig.get(c, float('nan')):.1f}" for c in cols) + " | – | "
-                     + "".join(_mean_std([orig[c]]) + " | " if c in orig else "– | " for c in audit_cols) + "– | – |")
+        lines = [["original", *(f"{orig.get(c, float('nan')):.1f}" for c in cols), "–",
+                  *(_mean_std([orig[c]]) if c in orig else "–" for c in audit_cols), "–", "–"]]
         by_method: dict[str, list[Mapping[str, Any]]] = {}
         for r in cells:
             by_method.setdefault(r["method"], []).append(r)
         ranked = sorted(by_method.items(), key=lambda kv: -statistics.mean(r["score"] for r in kv[1]))
         for method, rs in ranked:
-            vals = [_mean_std([r[c] for r in rs]) for c in cols]
-            audited = [_mean_std([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "–" for c in audit_cols]
             secs = [r["seconds"] for r in rs if r["seconds"] is not None]
-            lines.append(f"| {method} | " + " | ".join(vals) + f" | {_mean_std([r['score'] for r in rs])} | "
-                         + "".join(a + " | " for a in audited) + f"{len(rs)} | "
-                         + (f"{statistics.mean(secs):.0f}" if secs else "–") + " |")
-        if audit_cols:
-            lines += ["", "Audit columns (`audit.json` of each cell): the largest Target over the label, its aliases and "
-                      "two template sets; the subgroup's share of the top n in text-to-image search for its worst "
-                      "query, chance n / gallery size; the Target after the smallest relearning budget of the first "
-                      "setting run (by default: on the parameters the run changed; the original row: the same budget on "
-                      "the original). Time excludes the audit."]
-        parts.append("\n".join(lines))
+            lines.append([method, *(_mean_std([r[c] for r in rs]) for c in cols), _mean_std([r["score"] for r in rs]),
+                          *(_mean_std([r[c] for r in rs if c in r]) if any(c in r for r in rs) else "–" for c in audit_cols),
+                          str(len(rs)), f"{statistics.mean(secs):.0f}" if secs else "–"])
+        tables.append((scenario, head, lines, AUDIT_NOTE if audit_cols else ""))
+    return tables
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`scenario_tables` as Markdown, one ``###`` section per scenario."""
+    parts = []
+    for scenario, head, lines, note in scenario_tables(rows):
+        md = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(line) + " |" for line in lines]
+        if note:
+            md += ["", note]
+        parts.append("\n".join(md))
     return "\n\n".join(parts) + "\n"
 
 
@@ -192,3 +253,6 @@ def write_tables(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_json(out / "results.json", list(rows))
     atomic_write_text(out / "table.md", markdown_table(rows))
+    from clipforget.report_html import write_bench_html
+
+    write_bench_html(out, rows)

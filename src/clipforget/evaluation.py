@@ -59,32 +59,43 @@ class ScenarioImages:
 
 
 @torch.no_grad()
-def evaluate_images(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64,
-                    classifier: Tensor | None = None) -> ZeroShotAccuracy:
-    """Zero-shot accuracy of ``model`` on ``data`` (classifier built from its class names x templates)."""
+def image_logits(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64, classifier: Tensor | None = None) -> Tensor:
+    """Zero-shot logits (N, C) of ``data`` on the CPU (classifier built from its class names x templates)."""
     device = model.device
     if classifier is None:
         classifier = build_zero_shot_classifier(model, data.classnames, data.templates, device=device, batch_size=batch_size)
     emb = compute_image_embeddings(model, data.images, device=device, batch_size=batch_size, progress=False)
-    logits = emb.to(classifier.device) @ classifier
-    return zero_shot_accuracy(logits.cpu(), data.labels, len(data.classnames))
+    return (emb.to(classifier.device) @ classifier).cpu()
+
+
+@torch.no_grad()
+def evaluate_images(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64,
+                    classifier: Tensor | None = None) -> ZeroShotAccuracy:
+    """Zero-shot accuracy of ``model`` on ``data`` (classifier built from its class names x templates)."""
+    return zero_shot_accuracy(image_logits(model, data, batch_size=batch_size, classifier=classifier), data.labels,
+                              len(data.classnames))
 
 
 @torch.no_grad()
 def evaluate(model: DualEncoder, splits: ScenarioSplits, images: ScenarioImages, *, batch_size: int = 64) -> ScenarioMetrics:
-    """Target, Retain (the scenario's label space) and each held-out set: zero-shot top-1 in %."""
+    """Target, Retain (the scenario's label space) and each held-out set: zero-shot top-1 in %.
+
+    ``details`` holds, per set, :class:`ZeroShotAccuracy`'s figures and ``predicted``: the top-1
+    class index of every image, in the set's record order (what the report's confusion row and
+    examples show).
+    """
     was_training = model.training
     model.eval()
     try:
         classifier = build_zero_shot_classifier(model, splits.classnames, splits.templates, batch_size=batch_size)
-        target = evaluate_images(model, images.target, batch_size=batch_size, classifier=classifier)
-        retain = evaluate_images(model, images.retain, batch_size=batch_size, classifier=classifier)
-        heldout = {name: evaluate_images(model, data, batch_size=batch_size) for name, data in images.heldout.items()}
+        sets = {"target": (images.target, classifier), "retain": (images.retain, classifier),
+                **{f"heldout/{k}": (v, None) for k, v in images.heldout.items()}}
+        details = {}
+        for name, (data, head) in sets.items():
+            logits = image_logits(model, data, batch_size=batch_size, classifier=head)
+            accuracy = zero_shot_accuracy(logits, data.labels, len(data.classnames))
+            details[name] = {**accuracy.to_dict(), "predicted": logits.argmax(dim=1).tolist()}
     finally:
         model.train(was_training)
-    details = {
-        "target": target.to_dict(),
-        "retain": retain.to_dict(),
-        **{f"heldout/{k}": v.to_dict() for k, v in heldout.items()},
-    }
-    return ScenarioMetrics(target.top1, retain.top1, {k: v.top1 for k, v in heldout.items()}, details)
+    heldout = {k: details[f"heldout/{k}"]["top1"] for k in images.heldout}
+    return ScenarioMetrics(details["target"]["top1"], details["retain"]["top1"], heldout, details)

@@ -13,7 +13,7 @@ class ScenarioMetrics:
     target: float
     retain: float
     heldout: Mapping[str, float] = field(default_factory=dict)
-    details: Mapping[str, object] = field(default_factory=dict)  # top-5, per-class, counts
+    details: Mapping[str, object] = field(default_factory=dict)  # per set: top-5, per-class, count, predictions
 
     def utilities(self) -> dict[str, float]:
         """The K utility columns of the Score, in table order: Retain, then each held-out set."""

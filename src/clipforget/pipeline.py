@@ -9,9 +9,11 @@ Run directory layout (every file written atomically)::
     metrics.json       original and unlearned metrics and the paper's Score
     events.jsonl       one JSON line per finished stage
     fisher.json, alpha_curve.json   diagnostics, when the method has those stages
+    sets.json, examples/   what was forgotten, each set's size and labels, example thumbnails
     audit.json         the forgetting audit (:mod:`clipforget.audit`), unless switched off
-    model/             the unlearned weights in the backend's own layout
-    report.md, plots/  generated from the JSON files
+    model/             the unlearned weights in the backend's own layout, with a model card (README.md);
+                       absent when the run was told not to save them
+    report.md, report.html, plots/   generated from the JSON files
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from clipforget.data import (
     load_scenario_config,
     open_sources,
 )
+from clipforget.examples import write_sets
 from clipforget.evaluation import (
     LabelledImages,
     ScenarioImages,
@@ -272,7 +275,7 @@ def run_forget(
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
                device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto",
-               audit: AuditSetting = True) -> ForgetResult:
+               audit: AuditSetting = True, save_model: bool = True) -> ForgetResult:
     """Run one registered method on a prepared scenario into the run directory ``out``.
 
     ``image_prefix``: the first image stage a method may change (see
@@ -280,6 +283,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     (``DualEncoder.default_image_prefix``), None trains on whole images.
     ``audit``: the forgetting audit of the result (:func:`clipforget.audit.audit`, written to
     audit.json), on the same images and in the same view as the method ran; see :data:`AuditSetting`.
+    ``save_model``: write the unlearned weights to ``out/model`` (a bench may keep only some).
     """
     audit_cfg = resolve_audit_config(audit)
     out = Path(out)
@@ -312,8 +316,10 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     _write_diagnostics(out, result.diagnostics)
-    with timer("save"):
-        result.model.save(out / "model")
+    write_sets(out, prepared.splits, open_sources(prepared.scenario), seed=seed)
+    if save_model:
+        with timer("save"):
+            result.model.save(out / "model")
     if audit_cfg is None:
         (out / "audit.json").unlink(missing_ok=True)  # never report a stale audit
     else:
@@ -325,7 +331,8 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     wall = time.time() - started
     stage_times = _stage_times(result.diagnostics)
     resumed = [k for k, v in result.diagnostics.items() if v.get("resumed")]  # their seconds are from the first attempt
-    info.update(status="finished", unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **stage_times},
+    saved = result.model.saved_id(out / "model") if save_model else None
+    info.update(status="finished", unlearned_model=saved, timings={**timer.seconds, **stage_times},
                 wall_seconds=wall, resumed_stages=resumed,
                 compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
     atomic_write_json(out / "run.json", info)

@@ -25,6 +25,25 @@ def metrics_table(rows: Mapping[str, Mapping[str, Any]], heldout: Sequence[str])
     return "\n".join(lines)
 
 
+def label_bars(ax, bars, values: Sequence[float], fmt: str = "{:.1f}", horizontal: bool = False) -> None:
+    """Write each bar's value next to it, and mark a bar of height 0 by a stroke on the axis in its colour."""
+    for bar, v in zip(bars, values):
+        colour = bar.get_facecolor()
+        if horizontal:
+            y = bar.get_y() + bar.get_height() / 2
+            ax.annotate(fmt.format(v), (bar.get_width(), y), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=7)
+            if v == 0:
+                ax.plot([0, 0], [bar.get_y(), bar.get_y() + bar.get_height()], color=colour, lw=3, solid_capstyle="butt")
+        else:
+            x = bar.get_x() + bar.get_width() / 2
+            ax.annotate(fmt.format(v), (x, bar.get_height()), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=7)
+            if v == 0:
+                ax.plot([bar.get_x(), bar.get_x() + bar.get_width()], [0, 0], color=colour, lw=3, solid_capstyle="butt",
+                        clip_on=False)
+
+
 def plot_metrics(rows: Mapping[str, Mapping[str, Any]], heldout: Sequence[str], path: Path) -> Path:
     import matplotlib
 
@@ -36,12 +55,13 @@ def plot_metrics(rows: Mapping[str, Mapping[str, Any]], heldout: Sequence[str], 
     width = 0.8 / max(1, len(rows))
     for i, (name, m) in enumerate(rows.items()):
         vals = [m["target"], m["retain"], *(m["heldout"].get(h, 0.0) for h in heldout)]
-        ax.bar([c + i * width for c in range(len(cols))], vals, width, label=name)
+        bars = ax.bar([c + i * width for c in range(len(cols))], vals, width, label=name)
+        label_bars(ax, bars, vals)
     ax.set_xticks([c + width * (len(rows) - 1) / 2 for c in range(len(cols))], cols, rotation=20)
     ax.set_ylabel("zero-shot top-1 (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    ax.set_title("Forgotten subgroup (target) vs everything kept")
+    ax.set_ylim(0, 112)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(rows), frameon=False, fontsize=9)
+    ax.set_title("Forgotten subgroup (target) vs everything kept", pad=24)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -60,9 +80,11 @@ def plot_fisher(scores: Mapping[str, float], selected: Sequence[str], path: Path
     names = [k for k, _ in items][::-1]
     vals = [v for _, v in items][::-1]
     colors = ["tab:red" if n in selected else "tab:gray" for n in names]
-    ax.barh(names, vals, color=colors)
+    bars = ax.barh(names, vals, color=colors)
+    label_bars(ax, bars, vals, fmt="{:.3g}", horizontal=True)
     if vals and min(vals) > 0 and max(vals) / min(vals) > 10:
         ax.set_xscale("log")  # linear reads better when the scores span less than a decade
+    ax.margins(x=0.15)
     ax.set_xlabel("relative Fisher information (forget / retain)")
     ax.set_title(f"Top {len(items)} layers; red = tuned")
     ax.tick_params(axis="y", labelsize=7)
@@ -84,6 +106,12 @@ def plot_alpha(curve: Sequence[Mapping[str, float]], chosen: float | None, path:
     ax.plot(alphas, [100 * p["forget_acc"] for p in curve], "s-", label="forget-set accuracy")
     if chosen is not None:
         ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen α={chosen:g}")
+        for p in curve:
+            if p["alpha"] == chosen:
+                for key, dy in (("utility", 6), ("forget_acc", -12)):
+                    ax.annotate(f"{100 * p[key]:.1f}", (chosen, 100 * p[key]), xytext=(4, dy), textcoords="offset points",
+                                fontsize=7)
+    ax.set_ylim(-5, 105)
     ax.set_xlabel("α (0 = original, 1 = unlearned)")
     ax.set_ylabel("%")
     ax.legend(fontsize=8)
@@ -95,7 +123,11 @@ def plot_alpha(curve: Sequence[Mapping[str, float]], chosen: float | None, path:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Build ``report.md`` (and plots/) from the JSON files of a finished run directory."""
+    """Build ``report.md``, ``report.html``, plots/ and the model card (``model/README.md``, when the
+    run saved its model) from the JSON files of a finished run directory; returns report.html."""
+    from clipforget.modelcard import write_model_card
+    from clipforget.report_html import RunFiles, run_warnings, write_run_html
+
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
@@ -104,7 +136,11 @@ def write_report(run_dir: str | Path) -> Path:
     plots = run_dir / "plots"
     out = [f"# clipforget report: {info.get('scenario', '?')} on {info.get('model', '?')}", ""]
     out += [f"Method `{info.get('method', '?')}`, seed {info.get('seed', '?')}, device {info.get('device', '?')}, "
-            f"commit `{info.get('git_commit')}`.", ""]
+            f"commit `{info.get('git_commit')}`. The same with example images, loss curves and the confusion row: "
+            "[report.html](report.html).", ""]
+    warnings = run_warnings(RunFiles.load(run_dir))
+    if warnings:
+        out += ["> **Warnings: read the result with care.**", ">", *(f"> - {w}" for w in warnings), ""]
     out += ["## Zero-shot top-1 accuracy (%)", "", metrics_table(rows, heldout), ""]
     out += [f"Score = 100/(1+K)·[max(0, 1−T/T₀) + Σ min(1, A/A₀)] with K = {1 + len(heldout)} utility columns.", ""]
     plot_metrics(rows, heldout, plots / "metrics.png")
@@ -131,7 +167,9 @@ def write_report(run_dir: str | Path) -> Path:
         out += ["## Wall time per stage (s)", ""]
         out += [f"- {k}: {v:.1f}" for k, v in info["timings"].items()]
         out.append("")
-    return atomic_write_text(run_dir / "report.md", "\n".join(out))
+    atomic_write_text(run_dir / "report.md", "\n".join(out))
+    write_model_card(run_dir)
+    return write_run_html(run_dir)
 
 
 # -- the audit ----------------------------------------------------------------------------------
@@ -139,11 +177,16 @@ def _f(x: Any, digits: int = 1) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "–"
 
 
-def _row(road: str, figure: str, original: Any, unlearned: Any, reference: str = "", digits: int = 1) -> str:
-    return f"| {road} | {figure} | {_f(original, digits)} | {_f(unlearned, digits)} | {reference} |"
+AuditRow = tuple[str, str, str, str, str]
+"""One figure of the audit: road, figure, original, unlearned, reference (formatted)."""
 
 
-def _audit_rows(parts: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[str]:
+def _row(road: str, figure: str, original: Any, unlearned: Any, reference: str = "", digits: int = 1) -> AuditRow:
+    return (road, figure, _f(original, digits), _f(unlearned, digits), reference)
+
+
+def audit_rows(parts: Mapping[str, Any], thresholds: Mapping[str, float]) -> list[AuditRow]:
+    """The audit's figures, one row each, in the order of the report's table."""
     rows = []
     if "names" in parts:
         n = parts["names"]
@@ -176,7 +219,7 @@ def _audit_rows(parts: Mapping[str, Any], thresholds: Mapping[str, float]) -> li
         rows.append(_row("relearning", "Target before fine-tuning (%)", r["before"]["original"], r["before"]["unlearned"]))
         for setting, entry in r["settings"].items():
             if "skipped" in entry:
-                rows.append(f"| relearning | {setting}: skipped ({entry['skipped']}) | – | – | |")
+                rows.append(("relearning", f"{setting}: skipped ({entry['skipped']})", "–", "–", ""))
                 continue
             for steps in r["steps"]:
                 rows.append(_row("relearning", f"Target after {steps} steps on {r['k']} images, {setting} "
@@ -186,8 +229,9 @@ def _audit_rows(parts: Mapping[str, Any], thresholds: Mapping[str, float]) -> li
         m = parts["membership"]
         for score in ("similarity", "loss"):
             o, u = m[score]["original"], m[score]["unlearned"]
-            rows.append(f"| membership | AUC, D_f ({m['members']}) vs unseen ({m['non_members']}), by {score} | "
-                        f"{o['auc']:.2f} [{o['low']:.2f}, {o['high']:.2f}] | {u['auc']:.2f} [{u['low']:.2f}, {u['high']:.2f}] | 0.5 = indistinguishable |")
+            rows.append(("membership", f"AUC, D_f ({m['members']}) vs unseen ({m['non_members']}), by {score}",
+                         f"{o['auc']:.2f} [{o['low']:.2f}, {o['high']:.2f}]", f"{u['auc']:.2f} [{u['low']:.2f}, {u['high']:.2f}]",
+                         "0.5 = indistinguishable"))
     return rows
 
 
@@ -199,7 +243,7 @@ def audit_section(audit: Mapping[str, Any], level: int = 2) -> list[str]:
            f"Every road tested on the original and the unlearned model, on images no method saw (seed {audit['seed']}). "
            f"The flags are {verdict['kind']}.", "",
            "| road | figure | original | unlearned | reference |", "|---|---|---|---|---|",
-           *_audit_rows(parts, verdict["thresholds"]), ""]
+           *("| " + " | ".join(row) + " |" for row in audit_rows(parts, verdict["thresholds"])), ""]
     flags = verdict["flags"]
     out += [f"Flags ({', '.join(f'{k} {v:g}' for k, v in verdict['thresholds'].items())}):", ""]
     out += [f"- {k}: {'–' if v is None else ('yes' if v else 'no')}" for k, v in flags.items()]
