@@ -65,11 +65,70 @@ def test_bad_input_gets_one_clear_error(argv, message, caplog):
     assert message in caplog.text
 
 
-def test_lists(capsys):
+def test_lists_name_every_method_and_scenario_with_a_description(capsys):
+    from clipforget.data import bundled_scenarios
+    from clipforget.methods import list_methods
+
     assert main(["scenarios"]) == 0
-    assert {"cifar10-cat", "fmnist-sneaker", "springer-in-dog"} <= set(capsys.readouterr().out.split())
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == bundled_scenarios()
+    assert all("[needs: " in line and len(line.split()) > 6 for line in lines), lines
     assert main(["methods"]) == 0
-    assert "ours" in capsys.readouterr().out.split()
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in lines) == list_methods(), "the catalog names exactly the registered methods"
+    assert all("[uses D_" in line for line in lines), lines
+
+
+def test_listing_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys; from clipforget.cli import main; main(['methods']); main(['scenarios']); "
+            "heavy = sorted({'torch', 'open_clip', 'transformers', 'timm', 'matplotlib'} & set(sys.modules)); "
+            "assert not heavy, heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_version(capsys):
+    from clipforget import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"clipforget {__version__}"
+
+
+def test_every_option_of_every_command_has_help_and_the_model_grammar_is_shown():
+    from clipforget.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"clipforget {name} {action.option_strings or action.dest} has no help"
+    assert "BACKEND:NAME[@WEIGHTS]" in parser.format_help() and "clipforget forget --model" in parser.format_help()
+    assert "openclip:RN50@openai" in commands["forget"].format_help()
+
+
+@pytest.mark.parametrize("method", ["audit", *__import__("clipforget.methods", fromlist=["x"]).list_methods()])
+def test_config_prints_the_full_default_that_config_reads_back(method, capsys, tmp_path):
+    from clipforget.audit import AuditConfig
+    from clipforget.methods import get_method
+
+    assert main(["config", method]) == 0
+    path = tmp_path / "c.yaml"
+    path.write_text(capsys.readouterr().out)
+    cls = AuditConfig if method == "audit" else get_method(method).config_class
+    assert cls.from_yaml(path) == cls()
+    if method != "audit":
+        from clipforget.pipeline import resolve_method_config
+
+        assert resolve_method_config(method, path) == cls(), "what --config reads"
+
+
+def test_config_of_an_unknown_method_is_one_clear_error(caplog):
+    assert main(["config", "nope"]) == 2
+    assert "unknown method 'nope'" in caplog.text
 
 
 @pytest.fixture(scope="module")

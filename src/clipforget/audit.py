@@ -32,7 +32,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from clipforget.config import Config, require
 from clipforget.data import presets
@@ -44,6 +43,7 @@ from clipforget.methods.losses import class_embeddings, tunes_text
 from clipforget.methods.training import TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 from clipforget.zeroshot import build_zero_shot_classifier, compute_image_embeddings
+from clipforget.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +286,11 @@ def audit(original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
     try:
         for s in sides.values():
             s.model.eval()
-        for part in tqdm(config.parts, desc="audit", leave=False, disable=None):
+        for part in progress(config.parts, desc="audit", unit="part"):
             start = time.perf_counter()
             results[part] = _PARTS[part](ctx)
             seconds[part] = time.perf_counter() - start
-            log.info("audit %s: %.1f s", part, seconds[part])
+            log.info("audit %s done in %.1f s", part, seconds[part])
     finally:
         for k, s in sides.items():
             s.model.train(modes[k])

@@ -1,6 +1,7 @@
 """The ``clipforget`` command. ``main(argv)`` takes a list so tests call the real CLI.
 
 Each sub-command parses its flags and calls one function of :mod:`clipforget.api`; nothing else.
+Listing methods, scenarios and configs imports no model code, so it answers at once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipforget import __version__
 from clipforget.config import ConfigError
 
 log = logging.getLogger("clipforget")
+
+MODEL_IDS = """\
+model ids (--model, --original): BACKEND:NAME[@WEIGHTS], or testbed[@DIR]
+  openclip:RN50@openai                 open_clip architecture @ pretrained tag
+  openclip:ViT-B-32@/ckpt.safetensors  open_clip architecture @ a checkpoint file
+  openclip:local-dir:/runs/x/model     a folder written by clipforget or open_clip
+  hf:openai/clip-vit-base-patch32      Hugging Face CLIP by hub id
+  hf:/local/dir                        Hugging Face CLIP saved with save_pretrained
+  testbed                              the offline testbed model (not CLIP; see docs/testbed.md)
+  testbed@/runs/x/model                a testbed saved by clipforget
+"""
+
+EXAMPLES = """\
+examples:
+  clipforget demo
+  clipforget scenarios
+  clipforget forget --model testbed --scenario cifar10-cat --out runs/cat
+  clipforget config ours > ours.yaml    # edit, then: clipforget forget ... --config ours.yaml
+  clipforget forget --model openclip:RN50@openai --scenario my.yaml --out runs/x forget.delta=-0.3
+  clipforget bench --scenarios cifar10-cat --methods ours ga "ours[use_lora=false]" --seeds 0 1 --out runs/b
+  clipforget audit --model testbed@runs/cat/model --original testbed --scenario cifar10-cat --out runs/cat-audit
+"""
 
 
 def _prefix(value: str) -> str | None:
@@ -42,64 +66,147 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+SCENARIO_HELP = "a scenario YAML file, or the name of a bundled one (see: clipforget scenarios)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipforget", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="clipforget", description="Make a CLIP model forget one subgroup of images and keep everything else.",
+                                     epilog=MODEL_IDS + "\n" + EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clipforget {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("eval", help="zero-shot Target / Retain / held-out accuracy of a model on a scenario")
-    p.add_argument("--model", required=True, help="model id: openclip:RN50@openai, hf:/dir, testbed, ...")
-    p.add_argument("--scenario", required=True, help="scenario YAML file or bundled scenario name")
-    p.add_argument("--out", help="write the metrics as JSON to this file")
+    def command(name: str, help: str, epilog: str = MODEL_IDS) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("eval", "zero-shot Target / Retain / held-out accuracy of a model on a scenario")
+    p.add_argument("--model", required=True, help="the model id (grammar below)")
+    p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
+    p.add_argument("--out", help="also write the metrics as JSON to this file")
     _common(p)
 
-    p = sub.add_parser("forget", help="make a model forget a scenario's subgroup; writes a run directory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--scenario", required=True)
-    p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run)")
-    p.add_argument("--method", default="ours", help="registered method name (default: ours)")
-    p.add_argument("--config", help="method config YAML (default: the method's defaults)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. forget.delta=-0.3 select.top_k=16")
+    p = command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html")
+    p.add_argument("--model", required=True, help="the model to unlearn from (grammar below)")
+    p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run of the same config)")
+    p.add_argument("--method", default="ours", help="a registered method (see: clipforget methods; default: ours)")
+    p.add_argument("--config", help="method config YAML (default: the method's defaults; see: clipforget config METHOD)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every random choice (default: 0)")
+    p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
+                   help="config overrides applied after --config, e.g. forget.delta=-0.3 select.top_k=16")
     _train(p)
     _audit(p)
     _common(p)
 
-    p = sub.add_parser("bench", help="every method on every scenario and seed, resumable; CSV/JSON/Markdown")
-    p.add_argument("--model", default="testbed")
-    p.add_argument("--scenarios", nargs="+", required=True)
-    p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--out", required=True)
+    p = command("bench", "every method on every scenario and seed, resumable; CSV, JSON, Markdown and report.html")
+    p.add_argument("--model", default="testbed", help="the model id (grammar below; default: testbed)")
+    p.add_argument("--scenarios", nargs="+", required=True, metavar="SCENARIO", help=SCENARIO_HELP)
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help='registered methods, or variants as name[field=value,...] (default: every registered method)')
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default: 0)")
+    p.add_argument("--out", required=True, help="bench directory (resumed: finished cells are never redone)")
+    p.add_argument("--save-models", choices=("none", "ours", "best", "all"), default="ours",
+                   help="which cells keep their unlearned model folder: none; the cells of ours and its variants "
+                        "(default); per scenario the best Score only; all")
     _train(p)
     _audit(p)
     _common(p)
 
-    p = sub.add_parser("audit", help="can the forgotten subgroup still be found? an unlearned model against its original")
+    p = command("audit", "can the forgotten subgroup still be found? an unlearned model against its original")
     p.add_argument("--model", required=True, help="the unlearned model id (e.g. testbed@runs/x/model)")
     p.add_argument("--original", required=True, help="the model it was unlearned from")
-    p.add_argument("--scenario", required=True)
+    p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
     p.add_argument("--out", required=True, help="directory for audit.json and audit.md")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", help="audit config YAML (default: the audit's defaults)")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the audit's random choices (default: 0)")
+    p.add_argument("--config", help="audit config YAML (default: the audit's defaults; see: clipforget config audit)")
     _train(p)
     _common(p)
 
-    p = sub.add_parser("demo", help="the built-in default: forget on the testbed model, with report")
-    p.add_argument("--out", default="runs/demo")
+    p = command("demo", "the built-in default: the paper's method on the testbed model, with its report", epilog="")
+    p.add_argument("--out", default="runs/demo", help="where the run directory goes (default: runs/demo)")
     _common(p)
 
-    sub.add_parser("scenarios", help="list the bundled scenarios")
-    sub.add_parser("methods", help="list the registered methods")
+    command("scenarios", "list the bundled scenarios: what each forgets, and the data it needs", epilog="")
+    command("methods", "list the registered methods: what each does, and the data it uses", epilog="")
+    p = command("config", "print a method's (or the audit's) full default config as YAML, ready for --config",
+                epilog="example: clipforget config ours > ours.yaml; clipforget forget ... --config ours.yaml")
+    p.add_argument("name", metavar="METHOD", help="a registered method, or 'audit' for the audit config")
     return parser
+
+
+def configure_logging(verbose: bool = False) -> list[logging.Logger]:
+    """INFO lines of the ``clipforget`` logger to stderr, and only warnings of other libraries.
+
+    Other libraries' warnings go through one root handler, which is also what stops a library's
+    root-level ``logging.info`` (open_clip's) from installing ``basicConfig``'s INFO handler. Replaces
+    what an earlier call set up; returns the loggers given a handler.
+    """
+    logger, root = logging.getLogger("clipforget"), logging.getLogger()
+    for lg in (logger, root):
+        for h in [h for h in lg.handlers if getattr(h, "clipforget_cli", False)]:
+            lg.removeHandler(h)
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setFormatter(_Formatter(verbose))
+    others = logging.StreamHandler(sys.stderr)
+    others.setLevel(logging.WARNING)
+    others.setFormatter(_Formatter(True))
+    others.addFilter(lambda record: not record.name.startswith("clipforget"))  # those have their own handler
+    for lg, h in ((logger, ours), (root, others)):
+        h.clipforget_cli = True  # type: ignore[attr-defined]
+        lg.addHandler(h)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return [logger, root]
+
+
+class _Formatter(logging.Formatter):
+    """``HH:MM:SS message``; warnings and errors name their level, debug lines their logger."""
+
+    def __init__(self, verbose: bool):
+        super().__init__(datefmt="%H:%M:%S")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        where = f"[{record.name}] " if self.verbose else ""
+        return f"{self.formatTime(record, self.datefmt)} {where}{level}{record.getMessage()}" + (
+            "\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def _print_config(name: str) -> None:
+    if name == "audit":
+        from clipforget.audit import AuditConfig
+
+        print("# the audit's default config; pass an edited copy with --audit-config (forget, bench) or --config (audit)")
+        print(AuditConfig().to_yaml(), end="")
+        return
+    from clipforget.methods import get_method
+
+    print(f"# method {name!r}: its full default config; edit and pass back with --config FILE")
+    print(get_method(name).config_class().to_yaml(), end="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    if args.command in ("scenarios", "methods"):
+        from clipforget import catalog
+
+        print("\n".join(catalog.scenario_lines() if args.command == "scenarios" else catalog.method_lines()))
+        return 0
+    loggers = configure_logging(getattr(args, "verbose", False))
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=loggers):  # log lines print above the bars, not through them
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        try:
+            _print_config(args.name)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
+        return 0
     from clipforget import api
 
     try:
@@ -117,14 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
                 image_prefix=args.image_prefix, audit=_audit_setting(args),
             )
-            print(f"report: {result.run_dir / 'report.md'}")
+            print(f"report: {result.run_dir / 'report.html'}")
         elif args.command == "bench":
             table = api.bench(
                 args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
                 device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-                audit=_audit_setting(args),
+                audit=_audit_setting(args), save_models=args.save_models,
             )
             print(table)
+            print(f"report: {Path(args.out) / 'report.html'}")
         elif args.command == "audit":
             result = api.audit(
                 args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
@@ -134,11 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"audit: {Path(args.out) / 'audit.md'}")
         elif args.command == "demo":
             result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
-            print(f"report: {result.run_dir / 'report.md'}")
-        elif args.command == "scenarios":
-            print("\n".join(api.list_scenarios()))
-        elif args.command == "methods":
-            print("\n".join(api.list_methods()))
+            print(f"report: {result.run_dir / 'report.html'}")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2

@@ -243,11 +243,21 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
     """Load the model, build the scenario's splits, preprocess every image, score the original model."""
     start = time.perf_counter()
     scenario_cfg = load_scenario_config(scenario)
+    log.info("loading %s", model_id)
     original = (model or load_model(model_id, device=device)).eval()
     splits = build_scenario(scenario_cfg)
+    log.info("scenario %s: forget %r as %r; D_f %d, D_r %d, D_m %d images; Target %d, Retain %d; held out: %s",
+             splits.name, splits.forget_train[0].subgroup if splits.forget_train else "?", splits.forget_label,
+             len(splits.forget_train), len(splits.retain_train), len(splits.calibration), len(splits.target.records),
+             len(splits.retain.records), ", ".join(f"{s.name} {len(s.records)}" for s in splits.heldout) or "none")
     images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
     metrics = evaluate(original, splits, images, batch_size=batch_size)
+    log.info("original model: %s", _brief(metrics))
     return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start)
+
+
+def _brief(m: ScenarioMetrics) -> str:
+    return ", ".join([f"Target {m.target:.1f}", f"Retain {m.retain:.1f}", *(f"{k} {v:.1f}" for k, v in m.heldout.items())])
 
 
 def run_forget(
@@ -303,6 +313,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     atomic_write_json(out / "run.json", info)
 
     torch.manual_seed(seed)
+    log.info("method %s, seed %d, into %s", method, seed, out)
     original_metrics = prepared.original_metrics
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
@@ -311,6 +322,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
     with timer("evaluate_unlearned"):
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
+    log.info("unlearned model: %s", _brief(unlearned_metrics))
     unlearned_view = result.model
     if isinstance(result.model, FrozenImagePrefix):
         result.model = result.model.unwrap()
@@ -336,10 +348,11 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
                 wall_seconds=wall, resumed_stages=resumed,
                 compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
     atomic_write_json(out / "run.json", info)
-    write_report(out)
+    report = write_report(out)
     log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
              prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
              original_metrics.retain, unlearned_metrics.retain, score)
+    log.debug("report: %s", report)
     return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score)
 
 

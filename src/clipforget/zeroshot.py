@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from clipforget.io import atomic_save_safetensors
 from clipforget.models.base import DualEncoder, to_device
+from clipforget.progress import progress as progress_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def compute_image_embeddings(
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     out = []
-    for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+    for batch in progress_of(batches, desc=desc, total=total, unit="batch") if progress else batches:
         if not isinstance(batch, Tensor):
             raise TypeError(f"expected batches of image tensors, got {type(batch).__name__}; pass (x for x, _ in loader)")
         out.append(model.encode_image(batch.to(device)).float().cpu())

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from clipforget.data.sources import ImageLoadError, ImageSource
 from clipforget.data.types import Record
+from clipforget.progress import progress
 
 Transform = Callable[[Image.Image], Tensor]
 
@@ -55,5 +55,5 @@ def load_images(
     if len(dataset) == 0:
         raise ValueError(f"{desc}: no records to load")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    batches = [images for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    batches = [images for images, _ in progress(loader, desc=desc, unit="batch")]
     return torch.cat(batches)

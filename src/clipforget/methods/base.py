@@ -9,6 +9,7 @@ flags or print: tensors and modules in, a :class:`MethodResult` out.
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from clipforget.methods.core import (  # noqa: F401  (the shared types, re-expor
 )
 from clipforget.methods.scoring import make_score_fn, split_forget
 from clipforget.models.base import DualEncoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,10 +87,12 @@ def run_stage(
     if cached is not None:
         load_partial_state(model, cached["state"])
         return {**cached["info"], "resumed": True}
+    log.info("stage %s", stage)
     start = time.perf_counter()
     info, state = fn()
     info = {**info, "seconds": time.perf_counter() - start}
     store.save(stage, {"state": state, "info": info})
+    log.info("stage %s done in %.1f s", stage, info["seconds"])
     return info
 
 

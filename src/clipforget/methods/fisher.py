@@ -21,6 +21,7 @@ from clipforget.config import Config, ConfigError, require
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.losses import encode_texts
 from clipforget.models.base import TOWERS, DualEncoder
+from clipforget.progress import progress
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def _grads_only_for(model: DualEncoder, names: set[str]):
             p.requires_grad_(flags[n])
 
 
-def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layers: dict[str, list[str]]) -> dict[str, float]:
+def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layers: dict[str, list[str]],
+                 desc: str = "Fisher") -> dict[str, float]:
     """``F_l`` for each layer over the pairs ``(images[i], texts[i])`` (one backward per sample)."""
     require(len(images) == len(texts), "one text per image is needed for the Fisher")
     names = sorted({p for ps in layers.values() for p in ps})
@@ -109,7 +111,7 @@ def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layer
     unique = sorted(set(texts))
     with _grads_only_for(model, set(names)):
         text_emb = encode_texts(model, unique)
-        for i in range(len(images)):
+        for i in progress(range(len(images)), desc=desc, unit="image"):
             s = (model.encode_image(images[i : i + 1].to(model.device))[0] * text_emb[unique.index(texts[i])]).sum()
             grads = torch.autograd.grad(s, params, retain_graph=True, allow_unused=True)
             for n, g in zip(names, grads):
@@ -131,8 +133,8 @@ def fisher_scores(
     fi = _subset(len(data.forget_images), config.max_samples, generator)
     ri = _subset(len(data.retain_images), config.max_samples, generator)
     prompts = data.retain_prompts()
-    forget = layer_fisher(model, data.forget_images[fi], [data.forget_text] * len(fi), layers)
-    retain = layer_fisher(model, data.retain_images[ri], [prompts[int(i)] for i in ri], layers)
+    forget = layer_fisher(model, data.forget_images[fi], [data.forget_text] * len(fi), layers, "Fisher, forget set")
+    retain = layer_fisher(model, data.retain_images[ri], [prompts[int(i)] for i in ri], layers, "Fisher, retain set")
     floor = config.eps * sum(retain.values()) / len(retain) + 1e-30
     relative = {k: forget[k] / (retain[k] + floor) for k in layers}
     return FisherScores(forget=forget, retain=retain, relative=relative)

@@ -148,7 +148,7 @@ class Ours(Method):
             else:
                 layers = sorted(candidates)
             params = sorted({p for layer in layers for p in candidates[layer]})
-            log.info("selected layers: %s", layers)
+            log.info("selected %d layers: %s", len(layers), ", ".join(layers))
             names = subgroup_names(teacher, data, vocabulary(config.forget.vocabulary), config.forget.self_names)
             if names:
                 log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from clipforget.methods.core import ScoreFn, StateDict
 from clipforget.methods.scoring import best_candidate, feasible, most_forgetting
+from clipforget.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,13 @@ def search_alpha(
     if rule not in ("edge", "center"):
         raise ValueError(f"unknown alpha rule {rule!r}: use 'edge' or 'center'")
     curve = []
-    for a in grid:
+    for a in progress(grid, desc="alpha grid", unit="alpha"):
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
-        log.info("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
+        log.debug("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)
     best = pick_alpha(curve, forget_target, tolerance, rule, margin)
+    log.info("alpha %g: calibration accuracy %.1f%%, held-out forget accuracy %.1f%%", grid[best],
+             100 * curve[best]["utility"], 100 * curve[best]["forget_acc"])
     return SoupChoice(interpolate(original, unlearned, grid[best]), curve, curve[best])
 
 
@@ -148,7 +151,7 @@ def greedy_soup(ingredients: Sequence[Mapping[str, Tensor]], score_fn: ScoreFn, 
     average only if the soup stays feasible and its utility does not drop."""
     if not ingredients:
         raise ValueError("greedy soup needs at least one ingredient")
-    scored = [dict(zip(("utility", "forget_acc"), map(float, score_fn(s)))) for s in ingredients]
+    scored = [dict(zip(("utility", "forget_acc"), map(float, score_fn(s)))) for s in progress(ingredients, desc="soup ingredients")]
     first = best_candidate(scored, forget_target)
     order = [first, *sorted((i for i in range(len(ingredients)) if i != first), key=lambda i: (-scored[i]["utility"], i))]
     chosen = [order[0]]

@@ -14,9 +14,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from clipforget.config import Config, require
+from clipforget.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def train_loop(
     optimizer = make_optimizer(params, config)
     ema = [p.detach().clone() for p in params] if config.ema_decay is not None else None
     result = TrainLog()
-    for step in tqdm(range(config.steps), desc=desc, leave=False, disable=None):
+    for step in progress(range(config.steps), desc=desc, unit="step"):
         if should_stop is not None and step % config.check_every == 0 and should_stop(step):
             result.stopped_early = True
             break
@@ -139,5 +139,7 @@ def train_loop(
         with torch.no_grad():
             for p, e in zip(params, ema):
                 p.copy_(e)
-    log.info("%s: %d steps, final loss %s", desc, result.steps_run, result.curves.get("loss", [None])[-1])
+    final = result.curves.get("loss", [None])[-1]
+    log.info("%s: %d steps%s, final loss %s", desc, result.steps_run, " (stopped at its target)" if result.stopped_early else "",
+             "–" if final is None else f"{final:.4g}")
     return result
