@@ -54,7 +54,7 @@ def scenario_lines() -> list[str]:
     for p in files:
         text = p.read_text()
         head = text.split("\n\n", 1)[0]
-        sources = (yaml.safe_load(text) or {}).get("sources", {})
+        sources = (yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("sources", {})
         needs = ", ".join(dict.fromkeys(SOURCE_NEEDS.get(s.get("kind"), s.get("kind", "?")) for s in sources.values()))
         lines.append(f"{p.name[:-5]:<{width}}  {_first_sentence(head)} [needs: {needs}]")
     return lines

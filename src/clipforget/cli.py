@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(catalog.scenario_lines() if args.command == "scenarios" else catalog.method_lines()))
         return 0
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's bar per checkpoint load is noise here
     loggers = configure_logging(getattr(args, "verbose", False))
     from tqdm.contrib.logging import logging_redirect_tqdm
 

@@ -250,7 +250,9 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
              splits.name, splits.forget_train[0].subgroup if splits.forget_train else "?", splits.forget_label,
              len(splits.forget_train), len(splits.retain_train), len(splits.calibration), len(splits.target.records),
              len(splits.retain.records), ", ".join(f"{s.name} {len(s.records)}" for s in splits.heldout) or "none")
+    log.info("reading and preprocessing the images")
     images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
+    log.info("scoring the original model")
     metrics = evaluate(original, splits, images, batch_size=batch_size)
     log.info("original model: %s", _brief(metrics))
     return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start)
@@ -320,6 +322,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
         result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed)
     for stage, diag in result.diagnostics.items():
         append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
+    log.info("scoring the unlearned model")
     with timer("evaluate_unlearned"):
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
     log.info("unlearned model: %s", _brief(unlearned_metrics))
@@ -335,6 +338,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     if audit_cfg is None:
         (out / "audit.json").unlink(missing_ok=True)  # never report a stale audit
     else:
+        log.info("audit: %s", ", ".join(audit_cfg.parts))
         with timer("audit"):  # view.model is the original in the method's view (methods clone it)
             audited = run_audit(view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed=seed)
         atomic_write_json(out / "audit.json", audited.to_dict())
