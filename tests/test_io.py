@@ -8,7 +8,13 @@ import stat
 import pytest
 import torch
 
-from clipforget.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_dir, atomic_write_json, atomic_write_text
+from clipforget.io import (
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    atomic_write_dir,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])

@@ -19,7 +19,7 @@ def test_every_declared_dependency_is_imported_by_the_package():
     source = "\n".join(p.read_text() for p in (ROOT / "src" / "clipforget").rglob("*.py"))
     for requirement in PYPROJECT["project"]["dependencies"]:
         module = IMPORT_NAME.get(_name(requirement), _name(requirement))
-        assert re.search(rf"^\s*(import|from) {module}\b", source, re.M), f"{requirement} is declared but never imported"
+        assert re.search(rf"^\s*(import|from) {module}\b", source, re.MULTILINE), f"{requirement} is declared but never imported"
 
 
 def test_every_dependency_line_says_why_it_is_there():

@@ -178,7 +178,7 @@ def render(page: Path, tmp_path: Path) -> dict:
     probe.write_text(page.read_text().replace("<head>", "<head>" + PROBE, 1))
     out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
                           "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     found = re.search(r'data-probe="([^"]*)"', out.stdout)
     assert found, f"the page did not finish loading: {out.stderr[-2000:]}"
     result = json.loads(html.unescape(found.group(1)))

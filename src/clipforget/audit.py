@@ -286,7 +286,7 @@ def audit(original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
     try:
         for s in sides.values():
             s.model.eval()
-        for part in progress(config.parts, desc="audit", unit="part"):
+        for part in progress(config.parts, desc="audit", unit="parts"):
             start = time.perf_counter()
             results[part] = _PARTS[part](ctx)
             seconds[part] = time.perf_counter() - start

@@ -81,7 +81,12 @@ def run_bench(
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
     from clipforget.data import load_scenario_config
-    from clipforget.pipeline import prepare, resolve_audit_config, resolve_method_config, run_method
+    from clipforget.pipeline import (
+        prepare,
+        resolve_audit_config,
+        resolve_method_config,
+        run_method,
+    )
 
     audit = resolve_audit_config(audit)
 

@@ -59,12 +59,15 @@ class ScenarioImages:
 
 
 @torch.no_grad()
-def image_logits(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64, classifier: Tensor | None = None) -> Tensor:
-    """Zero-shot logits (N, C) of ``data`` on the CPU (classifier built from its class names x templates)."""
+def image_logits(model: DualEncoder, data: LabelledImages, *, batch_size: int = 64, classifier: Tensor | None = None,
+                 desc: str | None = None) -> Tensor:
+    """Zero-shot logits (N, C) of ``data`` on the CPU (classifier built from its class names x templates);
+    with ``desc``, a progress bar of that name."""
     device = model.device
     if classifier is None:
         classifier = build_zero_shot_classifier(model, data.classnames, data.templates, device=device, batch_size=batch_size)
-    emb = compute_image_embeddings(model, data.images, device=device, batch_size=batch_size, progress=False)
+    emb = compute_image_embeddings(model, data.images, device=device, batch_size=batch_size, progress=desc is not None,
+                                   desc=desc or "")
     return (emb.to(classifier.device) @ classifier).cpu()
 
 
@@ -92,7 +95,7 @@ def evaluate(model: DualEncoder, splits: ScenarioSplits, images: ScenarioImages,
                 **{f"heldout/{k}": (v, None) for k, v in images.heldout.items()}}
         details = {}
         for name, (data, head) in sets.items():
-            logits = image_logits(model, data, batch_size=batch_size, classifier=head)
+            logits = image_logits(model, data, batch_size=batch_size, classifier=head, desc=f"scoring {name}")
             accuracy = zero_shot_accuracy(logits, data.labels, len(data.classnames))
             details[name] = {**accuracy.to_dict(), "predicted": logits.argmax(dim=1).tolist()}
     finally:

@@ -41,13 +41,13 @@ from clipforget.data import (
     load_scenario_config,
     open_sources,
 )
-from clipforget.examples import write_sets
 from clipforget.evaluation import (
     LabelledImages,
     ScenarioImages,
     evaluate,
     label_indices,
 )
+from clipforget.examples import write_sets
 from clipforget.io import (
     append_jsonl,
     atomic_save_safetensors,
@@ -213,6 +213,7 @@ class Prepared:
             if image_prefix is None:
                 self._views[None] = TrainingView(self.model, data, self.images)
             else:
+                log.info("image stages before %s are frozen: computing their activations once for every set", image_prefix)
                 view = FrozenImagePrefix(self.model, image_prefix)
                 mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
                           ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}

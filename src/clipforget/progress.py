@@ -1,9 +1,9 @@
 """Progress of long loops: a tqdm bar on a terminal, periodic log lines with counts and ETA elsewhere.
 
 A batch job's stderr is a file, where a bar is either nothing (tqdm's ``disable=None``) or a wall of
-carriage returns; there :func:`progress` logs ``desc: 40/200 (20%), 12 s, ETA 48 s`` every
-``interval`` seconds instead (and a last line when the loop took longer than that), through the
-``clipforget.progress`` logger.
+carriage returns; there :func:`progress` logs ``desc: 40/200 (20%), 12 s, ETA 48 s`` once
+``interval`` seconds have passed since the last such line of any loop (and a last line when a loop
+took longer than that), through the ``clipforget.progress`` logger.
 """
 
 from __future__ import annotations
@@ -26,15 +26,22 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+class _Heartbeat:
+    """When the last progress line was logged, by any loop: many short loops in a row still report
+    every ``interval`` seconds, where each alone would be too short to."""
+
+    last = time.monotonic()
+
+
 def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str, interval: float) -> Iterator[T]:
-    start = last = time.monotonic()
+    start = time.monotonic()
     done = 0
     for item in iterable:
         yield item
         done += 1
         now = time.monotonic()
-        if now - last >= interval:
-            last = now
+        if now - _Heartbeat.last >= interval:
+            _Heartbeat.last = now
             elapsed = now - start
             if total:
                 eta = elapsed / done * (total - done)
@@ -44,10 +51,11 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str, inter
                 log.info("%s: %d %s, %s", desc, done, unit, _seconds(elapsed))
     elapsed = time.monotonic() - start
     if elapsed >= interval:
+        _Heartbeat.last = time.monotonic()
         log.info("%s: %d %s done in %s", desc, done, unit, _seconds(elapsed))
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "items",
              interval: float | None = None, terminal: bool | None = None) -> Iterable[T]:
     """``iterable`` with a progress bar (stderr a terminal) or periodic log lines (not a terminal).
 

@@ -114,7 +114,7 @@ def compute_image_embeddings(
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     out = []
-    for batch in progress_of(batches, desc=desc, total=total, unit="batch") if progress else batches:
+    for batch in progress_of(batches, desc=desc, total=total, unit="batches") if progress else batches:
         if not isinstance(batch, Tensor):
             raise TypeError(f"expected batches of image tensors, got {type(batch).__name__}; pass (x for x, _ in loader)")
         out.append(model.encode_image(batch.to(device)).float().cpu())

@@ -55,5 +55,5 @@ def load_images(
     if len(dataset) == 0:
         raise ValueError(f"{desc}: no records to load")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    batches = [images for images, _ in progress(loader, desc=desc, unit="batch")]
+    batches = [images for images, _ in progress(loader, desc=desc, unit="batches")]
     return torch.cat(batches)

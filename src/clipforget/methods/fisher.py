@@ -111,7 +111,7 @@ def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layer
     unique = sorted(set(texts))
     with _grads_only_for(model, set(names)):
         text_emb = encode_texts(model, unique)
-        for i in progress(range(len(images)), desc=desc, unit="image"):
+        for i in progress(range(len(images)), desc=desc, unit="images"):
             s = (model.encode_image(images[i : i + 1].to(model.device))[0] * text_emb[unique.index(texts[i])]).sum()
             grads = torch.autograd.grad(s, params, retain_graph=True, allow_unused=True)
             for n, g in zip(names, grads):

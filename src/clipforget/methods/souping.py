@@ -136,7 +136,7 @@ def search_alpha(
     if rule not in ("edge", "center"):
         raise ValueError(f"unknown alpha rule {rule!r}: use 'edge' or 'center'")
     curve = []
-    for a in progress(grid, desc="alpha grid", unit="alpha"):
+    for a in progress(grid, desc="alpha grid", unit="alphas"):
         utility, forget_acc = score_fn(interpolate(original, unlearned, a))
         curve.append({"alpha": float(a), "utility": float(utility), "forget_acc": float(forget_acc)})
         log.debug("alpha %.3f: utility %.4f, forget acc %.4f", a, utility, forget_acc)

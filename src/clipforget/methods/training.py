@@ -112,7 +112,7 @@ def train_loop(
     optimizer = make_optimizer(params, config)
     ema = [p.detach().clone() for p in params] if config.ema_decay is not None else None
     result = TrainLog()
-    for step in progress(range(config.steps), desc=desc, unit="step"):
+    for step in progress(range(config.steps), desc=desc, unit="steps"):
         if should_stop is not None and step % config.check_every == 0 and should_stop(step):
             result.stopped_early = True
             break

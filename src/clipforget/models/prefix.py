@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from clipforget.models.base import DualEncoder, TextBatch, Tower, normalize
+from clipforget.progress import progress
 
 
 class FrozenImagePrefix(DualEncoder):
@@ -43,7 +44,7 @@ class FrozenImagePrefix(DualEncoder):
         """Activations entering stage ``start`` (computed once, without gradient)."""
         head = self._stages()[: self.start]
         out = []
-        for i in range(0, len(images), batch_size):
+        for i in progress(range(0, len(images), batch_size), desc="frozen image stages", unit="batches"):
             x = images[i : i + batch_size].to(self.device)
             for stage in head:
                 x = stage.fn(x)
