@@ -226,3 +226,15 @@ def test_the_model_cards_code_loads_the_folder_without_clipforget(tiny_models, t
     texts = ["a photo of a dog.", "a cat"]
     ours_t = torch.nn.functional.normalize(tiny_models.encode_text(tiny_models.tokenize(texts)), dim=-1)
     torch.testing.assert_close(scope["encode_text"](texts), ours_t, rtol=1e-4, atol=1e-5)
+
+
+def test_a_baselines_page_shows_its_scored_candidates_and_the_one_kept(run_dir, tmp_path):
+    root = run_dir.parent
+    method = get_method("ssd")
+    run_forget(f"openclip:local-dir:{root / 'ckpt'}", root / "tiny-springer.yaml", tmp_path / "ssd", method="ssd",
+               config=method.smoke_config(), audit=False)
+    page = html.unescape((tmp_path / "ssd" / "report.html").read_text())
+    event = json.loads((tmp_path / "ssd" / "events.jsonl").read_text().splitlines()[-1])
+    assert f"{len(event['curve'])} candidates scored" in page
+    assert f"kept: alpha {event['choice']['alpha']:g}" in page
+    assert "The run was not audited" in page and "id=stages" in page

@@ -81,20 +81,21 @@ def curves_figure(stage: str, groups: Mapping[str, Mapping[str, Sequence[float]]
     return png(fig)
 
 
-def checkpoints_figure(curve: Sequence[Mapping[str, float]], chosen_step: float | None) -> bytes:
-    """A trained baseline's candidate checkpoints: calibration utility and held-out forget accuracy per step."""
+def candidates_figure(curve: Sequence[Mapping[str, float]], x: str | None, chosen: float | None) -> bytes:
+    """Scored candidates (a trained baseline's checkpoints, a weight-space grid): calibration accuracy
+    and held-out forget accuracy against ``x`` (a tag of the candidates; None: their index)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    steps = [p["step"] for p in curve]
+    steps = [p[x] if x else i for i, p in enumerate(curve)]
     ax.plot(steps, [100 * p["utility"] for p in curve], "o-", label="calibration accuracy")
     ax.plot(steps, [100 * p["forget_acc"] for p in curve], "s-", label="forget-set accuracy")
-    if chosen_step is not None:
-        ax.axvline(chosen_step, color="k", ls="--", lw=1, label=f"chosen step {chosen_step:g}")
-    ax.set_xlabel("step")
+    if chosen is not None:
+        ax.axvline(chosen, color="k", ls="--", lw=1, label=f"kept {x or 'candidate'} {chosen:g}")
+    ax.set_xlabel(x or "candidate")
     ax.set_ylabel("%")
     ax.set_ylim(-5, 105)
     ax.legend(fontsize=8)
-    ax.set_title("Candidate checkpoints")
+    ax.set_title("Scored candidates")
     fig.tight_layout()
     return png(fig)
 

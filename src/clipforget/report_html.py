@@ -140,10 +140,10 @@ def run_warnings(run: RunFiles) -> list[str]:
     for stage, ev in run.events.items():
         choice = ev.get("choice")
         if isinstance(choice, Mapping) and isinstance(choice.get("forget_acc"), (int, float)) and choice["forget_acc"] > target:
-            what = "α on the grid" if "alpha" in choice else "candidate"
+            what = "α on the grid" if stage == "restore" else "candidate"
             out.append(f"No {what} met the forget constraint (held-out forget-set accuracy ≤ {100 * target:g}%) in stage "
                        f"{stage}: the one that forgets most was kept (forget accuracy {100 * choice['forget_acc']:.1f}%).")
-        if ev.get("chose_original") or (isinstance(choice, Mapping) and choice.get("alpha") == 0):
+        if ev.get("chose_original") or (stage == "restore" and isinstance(choice, Mapping) and choice.get("alpha") == 0):
             out.append(f"Stage {stage} chose the original weights: the saved model is the model it started from.")
         if "checks" in ev and ev.get("stopped_early") is False:
             final = ev.get("final", {})
@@ -359,17 +359,28 @@ def _stages(run: RunFiles) -> list[str]:
             out.append(img(figures.curves_figure(stage, groups, ev.get("checks")), f"loss curves of stage {stage}"))
         if stage == "select" and run.fisher:
             out += _fisher(run)
-        elif isinstance(ev.get("curve"), list) and ev["curve"] and "alpha" in ev["curve"][0]:
+        elif stage == "restore" and run.alpha:
             out += _alpha(run)
-        elif isinstance(ev.get("curve"), list) and ev["curve"] and "step" in ev["curve"][0]:
-            chosen = ev.get("choice", {}).get("step")
-            out.append(img(figures.checkpoints_figure(ev["curve"], chosen), "candidate checkpoints"))
-            out.append(f"<p>Kept the checkpoint of step {e(_num(chosen, 0))}.</p>")
+        elif isinstance(ev.get("curve"), list) and ev["curve"] and isinstance(ev["curve"][0], Mapping):
+            out += _candidates(ev)
     out += ["<h3>Wall time of each part (s)</h3>",
             table(["part", "seconds"], [(k, _num(v)) for k, v in timings.items()]
                   + [("whole run (wall)", _num(run.info.get("wall_seconds"))),
                      ("compute, counting resumed stages", _num(run.info.get("compute_seconds")))])]
     return out
+
+
+def _candidates(ev: Mapping[str, Any]) -> list[str]:
+    """A stage's scored candidates (checkpoints, or grid points) and the one kept."""
+    curve, choice = ev["curve"], ev.get("choice") or {}
+    tags = [k for k in curve[0] if k not in ("utility", "forget_acc")]
+    x = tags[0] if len(tags) == 1 else None
+    chosen = choice.get(x) if x else next((i for i, c in enumerate(curve) if c == choice), None)
+    out = [img(figures.candidates_figure(curve, x, chosen), "scored candidates")]
+    kept = ", ".join(f"{k} {choice[k]:g}" for k in tags if isinstance(choice.get(k), (int, float)))
+    return out + [f"<p>{len(curve)} candidates scored on the calibration images and the held-out forget images; kept: "
+                  f"{e(kept or '–')} (calibration accuracy {_num(100 * choice['utility'] if 'utility' in choice else None)}%, "
+                  f"forget accuracy {_num(100 * choice['forget_acc'] if 'forget_acc' in choice else None)}%).</p>"]
 
 
 def _fisher(run: RunFiles) -> list[str]:
