@@ -44,3 +44,13 @@ def test_a_written_folder_gets_the_mode_of_an_ordinary_folder(umask, tmp_path):
     folder = atomic_write_dir(tmp_path / "model", lambda d: (d / "w.txt").write_text("x"))
     assert _mode(folder) == _mode(tmp_path / "plain") == 0o777 & ~umask
     assert _mode(folder / "w.txt") == 0o666 & ~umask
+
+
+def test_every_backends_saved_folder_is_readable_by_the_group(tiny_models, tmp_path):
+    old = os.umask(0o027)
+    try:
+        tiny_models.save(tmp_path / "model")
+    finally:
+        os.umask(old)
+    for p in [tmp_path / "model", *(tmp_path / "model").rglob("*")]:
+        assert _mode(p) & 0o040, f"{p.relative_to(tmp_path)} has mode {oct(_mode(p))}"

@@ -31,6 +31,21 @@ def _umask() -> int:
     return mask
 
 
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder in ``parent`` with the mode ``mkdir`` gives under the umask (``mkdtemp`` makes it 0700)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=".tmp"))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def apply_umask(folder: Path) -> None:
+    """Give every file and folder under ``folder`` the mode the umask gives a new one (for what other
+    libraries write privately: transformers' ``save_pretrained`` leaves its weights 0600)."""
+    mask = _umask()
+    for p in Path(folder).rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def _atomic(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +107,10 @@ def atomic_write_dir(directory: str | Path, write: Callable[[Path], None], last:
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(directory.parent, f".{directory.name}.")
     try:
         write(tmp)
         if not directory.exists():
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private to the owner
             os.replace(tmp, directory)
             return directory
         files = sorted((p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()), key=lambda r: str(r) in last)

@@ -16,8 +16,9 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
+
+from clipforget.io import make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def extract_archive(archive: Path, sha256: str, cache: Path | None = None) -> Pa
         log.info("extracting %s into %s (once)", archive, target)
         if target.exists():
             shutil.rmtree(target)
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{target.name}."))
+        tmp = make_temp_dir(cache, f".{target.name}.")
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")

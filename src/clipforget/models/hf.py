@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchvision import transforms as T
 
-from clipforget.io import atomic_write_dir
+from clipforget.io import apply_umask, atomic_write_dir
 from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, normalize
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class HFClipModel(DualEncoder):
             self.model.save_pretrained(tmp)
             self._tokenizer.save_pretrained(tmp)
             self._image_processor.save_pretrained(tmp)
+            apply_umask(tmp)
 
         directory = atomic_write_dir(directory, write, last=(CONFIG_FILE,))
         index = directory / f"{WEIGHTS_FILE}.index.json"  # large models are saved in shards

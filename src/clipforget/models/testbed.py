@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from clipforget.io import atomic_save_safetensors, atomic_write_json
+from clipforget.io import apply_umask, atomic_save_safetensors, atomic_write_json, make_temp_dir
 from clipforget.models.base import (
     DualEncoder,
     ImageStage,
@@ -339,10 +338,11 @@ class TestbedModel(DualEncoder):
         directory.mkdir(parents=True, exist_ok=True)
         net = self.model
         atomic_save_safetensors(net.image_tower.state_dict(), directory / IMAGE_TOWER_FILE)
-        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{TEXT_TOWER_DIR}."))
+        tmp = make_temp_dir(directory, f".{TEXT_TOWER_DIR}.")
         try:
             net.text_tower.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
+            apply_umask(tmp)
             final = directory / TEXT_TOWER_DIR
             if final.exists():
                 old = directory / f".{TEXT_TOWER_DIR}.old"
