@@ -29,13 +29,31 @@ def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
 
 
 def parse_variant(entry: str) -> tuple[str, list[str]]:
-    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,select.top_k=4]"`` -> ("ours", [overrides])."""
+    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,restore.grid=[0.0,1.0]]"`` -> ("ours", [overrides])."""
     name, bracket, rest = entry.partition("[")
     if not bracket:
         return entry, []
     if not rest.endswith("]") or not rest[:-1].strip():
         raise ValueError(f"method variant {entry!r}: write name[field=value,...]")
-    return name, [o.strip() for o in rest[:-1].split(",")]
+    return name, [o.strip() for o in _split_top_level(rest[:-1])]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and quotes (``a=[0.0,1.0],b=2`` -> two parts)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def run_bench(
