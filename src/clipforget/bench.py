@@ -68,15 +68,18 @@ def run_bench(
     batch_size: int = 64,
     image_prefix: str | None = "auto",
     audit: Any = True,
+    restart: bool = False,
 ) -> str:
     """Run the grid and return the Markdown table.
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
-    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default).
+    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
+    ``restart`` restarts unfinished cells whose stored stages belong to another run.
     """
     from clipforget.data import load_scenario_config
     from clipforget.pipeline import prepare, resolve_audit_config, resolve_method_config, run_method
+    from clipforget.rundir import check_output_dir, open_bench_dir
 
     audit = resolve_audit_config(audit)
 
@@ -87,19 +90,21 @@ def run_bench(
         get_method(name)  # an unknown name fails before any work
     resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
                 for m, (name, overrides) in variants.items()}
-    for scenario in scenarios:
-        name = load_scenario_config(scenario).name
-        todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
-        if not todo:
-            log.info("%s: every cell already finished", name)
-            continue
-        prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
-        for m, s in todo:
-            log.info("bench cell: %s / %s / seed %d", name, m, s)
-            run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
-                       device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit)
-    rows = collect(out)
-    write_tables(out, rows)
+    check_output_dir(out, [model_id], kind="bench")
+    with open_bench_dir(out):
+        for scenario in scenarios:
+            name = load_scenario_config(scenario).name
+            todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
+            if not todo:
+                log.info("%s: every cell already finished", name)
+                continue
+            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+            for m, s in todo:
+                log.info("bench cell: %s / %s / seed %d", name, m, s)
+                run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
+                           device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit, restart=restart)
+        rows = collect(out)
+        write_tables(out, rows)
     return (out / "table.md").read_text()
 
 
