@@ -84,7 +84,11 @@ def load_yaml(text: str, name: str = "<string>") -> Any:
     try:
         return loader.get_single_data()
     except yaml.YAMLError as e:
-        raise ConfigError(f"{name}: not valid YAML ({e})") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        context = getattr(e, "context", None)
+        raise ConfigError(f"{name}: not valid YAML{where}: {problem}" + (f" ({context})" if context else "")) from e
     finally:
         loader.dispose()
 

@@ -37,7 +37,7 @@ import yaml
 
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
-from clipforget.config import Config, ConfigError
+from clipforget.config import Config
 from clipforget.data import (
     ScenarioConfig,
     ScenarioSplits,
@@ -64,7 +64,7 @@ from clipforget.metrics import ScenarioMetrics, paper_score
 from clipforget.models import DualEncoder, check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.report import write_report
-from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir, refuse_overlap
+from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir
 from clipforget.runinfo import Timer, git_commit, package_versions
 from clipforget.zeroshot import state_dict_digest
 
@@ -124,7 +124,7 @@ class DiskStore:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def load(self, stage: str) -> dict[str, Any] | None:
+    def load(self, stage: str, quiet: bool = False) -> dict[str, Any] | None:
         meta = self.directory / f"{stage}.json"
         if not meta.is_file():
             return None
@@ -144,8 +144,14 @@ class DiskStore:
                 raise ResumeError(f"stage {stage!r}: {tensors} is damaged or changed (its sha256 differs from the "
                                   f"one recorded in {meta.name}); {RESTART_HINT}")
             state = load_file(tensors)
-        log.info("resuming: stage %r already finished, loaded from %s", stage, self.directory)
+        if not quiet:
+            log.info("resuming: stage %r already finished, loaded from %s", stage, self.directory)
         return {"state": state, "info": info}
+
+    def verify(self) -> None:
+        """Check every finished stage's files now (as :meth:`load` would), before a run writes anything."""
+        for meta in sorted(self.directory.glob("*.json")):
+            self.load(meta.stem, quiet=True)
 
     def save(self, stage: str, payload: dict[str, Any]) -> None:
         recorded = None
@@ -203,11 +209,6 @@ def resolve_audit_config(audit: AuditSetting) -> AuditConfig | None:
     if isinstance(audit, Mapping):
         return AuditConfig.from_dict(audit)
     return AuditConfig.from_yaml(audit)
-
-
-def refuse_inside_checkpoint(out: Path, model_id: str) -> None:
-    """Refuse an output directory inside the checkpoint ``model_id`` loads from, or holding it."""
-    refuse_overlap(out, [model_id])
 
 
 @dataclass
@@ -338,6 +339,7 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
                 "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
     key = prepared.resume_key(resolved)
     with open_run_dir(out, key, model_ids=[prepared.model_id], restart=restart):
+        DiskStore(out / "stages").verify()
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_text(out / "scenario.yaml", prepared.scenario.to_yaml())
         info = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method, "seed": seed,

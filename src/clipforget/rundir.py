@@ -84,6 +84,9 @@ def check_output_file(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--out {path} is a directory; give a file path (e.g. {path / 'metrics.json'})")
+    for p in path.parents:
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"--out {path} lies under {p}, which is a file; give a path in a directory")
     check_writable(path.parent, what="a file")
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"--out {path}: the file is read-only; choose another path")
@@ -141,8 +144,8 @@ _HELD: dict[Path, list[Any]] = {}  # resolved directory -> [open lock file, dept
 def lock_dir(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` for the block; another process holding it is refused.
 
-    The lock is an ``flock`` on ``out/.clipforget.lock``: the system releases it when the holder
-    exits, however it exits (a killed run never leaves a stale lock).
+    The lock is an ``flock`` on ``out/.clipforget.lock`` (an empty file, never rewritten): the system
+    releases it when the holder exits, however it exits (a killed run never leaves a stale lock).
     """
     key = Path(out).resolve()
     if key in _HELD:
@@ -163,14 +166,8 @@ def lock_dir(out: Path) -> Iterator[None]:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
-                pid = f.read().strip() or "?"
-                raise ConfigError(f"--out {out} is in use by another clipforget process (pid {pid}); wait for it to "
-                                  "finish or choose another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+                raise ConfigError(f"--out {out} is in use by another clipforget process; wait for it to finish or "
+                                  "choose another --out") from None
         _HELD[key] = [f, 1]
         try:
             yield
@@ -267,11 +264,12 @@ def open_run_dir(out: str | Path, key: Mapping[str, Any], *, model_ids: Iterable
             clear_run_outputs(out)
         elif stored != dict(key):
             if _status(out) != "failed" and _has_results(out):
-                raise ResumeError(f"{out} holds a different run ({describe_key_change(stored, key)}); its results do not "
-                                  f"belong to this one: {RESTART_HINT}")
+                raise ResumeError(f"{out} holds a different run: {describe_key_change(stored, key)}, so its results do "
+                                  f"not belong to this one; {RESTART_HINT}")
             log.info("%s holds an earlier run that failed or finished no stage: starting again", out)
             clear_run_outputs(out)
-        atomic_write_json(out / MARKER, {"kind": "run", "key": dict(key)})
+        if _marker(out) != {"kind": "run", "key": json.loads(json.dumps(dict(key)))}:
+            atomic_write_json(out / MARKER, {"kind": "run", "key": dict(key)})
         yield out
 
 
