@@ -2,7 +2,7 @@
 
 Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
 by :func:`clipforget.pipeline.run_method`), ``results.csv``, ``results.json`` and ``table.md``.
-A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
+A finished cell (its ``run.json`` says so) is never redone, so a killed benchmark resumes.
 Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
 
@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
     return out / "runs" / scenario / method.replace("/", "_") / f"seed{seed}"
+
+
+def _finished(cell: Path) -> bool:
+    """Whether a cell's run wrote every output (its run.json says so last)."""
+    try:
+        return json.loads((cell / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def parse_variant(entry: str) -> tuple[str, list[str]]:
@@ -94,7 +102,7 @@ def run_bench(
     with open_bench_dir(out):
         for scenario in scenarios:
             name = load_scenario_config(scenario).name
-            todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
+            todo = [(m, s) for m in methods for s in seeds if not _finished(cell_dir(out, name, m, s))]
             if not todo:
                 log.info("%s: every cell already finished", name)
                 continue
@@ -119,6 +127,8 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     rows = []
     for metrics_file in sorted(Path(out).glob("runs/*/*/seed*/metrics.json")):
         cell = metrics_file.parent
+        if not _finished(cell):
+            continue
         metrics = json.loads(metrics_file.read_text())
         info = json.loads((cell / "run.json").read_text())
         u, o = metrics["unlearned"], metrics["original"]

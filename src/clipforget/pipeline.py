@@ -388,11 +388,13 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     wall = time.time() - started
     stage_times = _stage_times(result.diagnostics)
     resumed = [k for k, v in result.diagnostics.items() if v.get("resumed")]  # their seconds are from the first attempt
-    info.update(status="finished", unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **stage_times},
+    info.update(unlearned_model=result.model.saved_id(out / "model"), timings={**timer.seconds, **stage_times},
                 wall_seconds=wall, resumed_stages=resumed,
                 compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
-    atomic_write_json(out / "run.json", info)
+    atomic_write_json(out / "run.json", info)  # the report reads the timings
     write_report(out)
+    info["status"] = "finished"  # last: a run is finished only once every output is written
+    atomic_write_json(out / "run.json", info)
     log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
              prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
              original_metrics.retain, unlearned_metrics.retain, score)
