@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,6 +246,13 @@ def _questionable(*extra: str) -> Callable[[Row], list[str]]:
     return lambda r: r.forget("use_remind=false", "restore.grid=[0.0]", *extra)
 
 
+def _read_only(r: Row) -> list[str]:
+    if os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder")
+    (r.tmp / "ro").mkdir(mode=0o500)
+    return r.forget(out=r.tmp / "ro" / "run")
+
+
 def _file_as_out(r: Row) -> list[str]:
     r.write("taken", "mine")
     return r.forget(out=r.tmp / "taken")
@@ -376,6 +384,9 @@ CASES: dict[str, tuple[Callable[[Row], list[str]], int, str]] = {
     # -- questionable results ---------------------------------------------------------------------------
     "result is the original": (_questionable(), 0, ""),
     "result is the original, strict": (_questionable("--strict"), 3, ""),
+    "zero training budgets, strict": (_args("forget.train.steps=0", "align.train.steps=0", "distill.train.steps=0",
+                                            "--strict"), 3, ""),
+    "out is read-only": (_read_only, 2, "permission denied"),
 }
 
 
@@ -431,6 +442,7 @@ CHECKS: dict[str, Callable[[Row], None]] = {
     "rerun a finished run": _check_rerun,
     "result is the original": _check_questionable,
     "result is the original, strict": _check_questionable,
+    "zero training budgets, strict": _check_questionable,
     "failed run, corrected command": lambda row: _assert(json.loads((row.out / "run.json").read_text())["status"] == "finished"),
     "eval out is fine": lambda row: _assert(json.loads((row.tmp / "m.json").read_text())["target"] >= 0),
 }
@@ -450,3 +462,18 @@ def test_an_unanticipated_error_shows_its_traceback_with_the_version_and_run_dir
     with pytest.raises(KeyError, match="a bug"):
         main(forget_argv(world, tmp_path / "run"))
     assert f"clipforget {clipforget.__version__} failed unexpectedly (run directory {tmp_path / 'run'})" in caplog.text
+
+
+def test_a_choice_that_met_no_forget_target_is_flagged(tiny_models):
+    from clipforget.methods.core import clone_model
+    from clipforget.pipeline import result_warnings
+
+    changed = clone_model(tiny_models)
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(1.0)
+    infeasible = {"restore": {"choice": {"alpha": 1.0, "utility": 0.9, "forget_acc": 0.5}}}
+    (warning,) = result_warnings(tiny_models, changed, infeasible)
+    assert "stage restore: no candidate reached the forget target" in warning
+    assert result_warnings(tiny_models, changed, {"restore": {"choice": {"alpha": 1.0, "forget_acc": 0.0}}}) == []
+    (same,) = result_warnings(tiny_models, clone_model(tiny_models), {"restore": {"choice": {"alpha": 0.0, "forget_acc": 0.0}}})
+    assert "the result is the original model" in same and "alpha = 0" in same
