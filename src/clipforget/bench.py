@@ -2,7 +2,7 @@
 
 Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
 by :func:`clipforget.pipeline.run_method`), ``results.csv``, ``results.json`` and ``table.md``.
-A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
+A finished cell (its ``run.json`` says so) is never redone, so a killed benchmark resumes.
 Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
 
@@ -28,14 +28,40 @@ def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
     return out / "runs" / scenario / method.replace("/", "_") / f"seed{seed}"
 
 
+def _finished(cell: Path) -> bool:
+    """Whether a cell's run wrote every output (its run.json says so last)."""
+    try:
+        return json.loads((cell / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def parse_variant(entry: str) -> tuple[str, list[str]]:
-    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,select.top_k=4]"`` -> ("ours", [overrides])."""
+    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,restore.grid=[0.0,1.0]]"`` -> ("ours", [overrides])."""
     name, bracket, rest = entry.partition("[")
     if not bracket:
         return entry, []
     if not rest.endswith("]") or not rest[:-1].strip():
         raise ValueError(f"method variant {entry!r}: write name[field=value,...]")
-    return name, [o.strip() for o in rest[:-1].split(",")]
+    return name, [o.strip() for o in _split_top_level(rest[:-1])]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and quotes (``a=[0.0,1.0],b=2`` -> two parts)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def run_bench(
@@ -50,15 +76,18 @@ def run_bench(
     batch_size: int = 64,
     image_prefix: str | None = "auto",
     audit: Any = True,
+    restart: bool = False,
 ) -> str:
     """Run the grid and return the Markdown table.
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
-    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default).
+    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
+    ``restart`` restarts unfinished cells whose stored stages belong to another run.
     """
     from clipforget.data import load_scenario_config
     from clipforget.pipeline import prepare, resolve_audit_config, resolve_method_config, run_method
+    from clipforget.rundir import check_output_dir, open_bench_dir
 
     audit = resolve_audit_config(audit)
 
@@ -69,19 +98,21 @@ def run_bench(
         get_method(name)  # an unknown name fails before any work
     resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
                 for m, (name, overrides) in variants.items()}
-    for scenario in scenarios:
-        name = load_scenario_config(scenario).name
-        todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
-        if not todo:
-            log.info("%s: every cell already finished", name)
-            continue
-        prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
-        for m, s in todo:
-            log.info("bench cell: %s / %s / seed %d", name, m, s)
-            run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
-                       device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit)
-    rows = collect(out)
-    write_tables(out, rows)
+    check_output_dir(out, [model_id], kind="bench")
+    with open_bench_dir(out):
+        for scenario in scenarios:
+            name = load_scenario_config(scenario).name
+            todo = [(m, s) for m in methods for s in seeds if not _finished(cell_dir(out, name, m, s))]
+            if not todo:
+                log.info("%s: every cell already finished", name)
+                continue
+            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+            for m, s in todo:
+                log.info("bench cell: %s / %s / seed %d", name, m, s)
+                run_method(prepared, cell_dir(out, name, m, s), method=variants[m][0], config=resolved[m], seed=s,
+                           device=device, batch_size=batch_size, image_prefix=image_prefix, audit=audit, restart=restart)
+        rows = collect(out)
+        write_tables(out, rows)
     return (out / "table.md").read_text()
 
 
@@ -96,6 +127,8 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     rows = []
     for metrics_file in sorted(Path(out).glob("runs/*/*/seed*/metrics.json")):
         cell = metrics_file.parent
+        if not _finished(cell):
+            continue
         metrics = json.loads(metrics_file.read_text())
         info = json.loads((cell / "run.json").read_text())
         u, o = metrics["unlearned"], metrics["original"]

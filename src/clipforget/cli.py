@@ -1,6 +1,9 @@
 """The ``clipforget`` command. ``main(argv)`` takes a list so tests call the real CLI.
 
 Each sub-command parses its flags and calls one function of :mod:`clipforget.api`; nothing else.
+Exit codes: 0 done; 2 bad input, reported as one line naming the problem and the fix; 3 a
+questionable result under ``forget --strict``. An unanticipated error shows its traceback, after a
+line with the version and the run directory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 from clipforget.config import ConfigError
 
 log = logging.getLogger("clipforget")
+
+EXIT_BAD_INPUT = 2
+EXIT_QUESTIONABLE = 3
 
 
 def _prefix(value: str) -> str | None:
@@ -34,6 +40,11 @@ def _audit(p: argparse.ArgumentParser) -> None:
 
 def _audit_setting(args: argparse.Namespace):
     return False if args.no_audit else (args.audit_config or True)
+
+
+def _restart(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an earlier, different run left in --out (its finished stages) and start again")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -56,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--scenario", required=True)
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run)")
+    _restart(p)
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with code {EXIT_QUESTIONABLE} when the result is questionable (e.g. it is the original model)")
     p.add_argument("--method", default="ours", help="registered method name (default: ours)")
     p.add_argument("--config", help="method config YAML (default: the method's defaults)")
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", required=True)
+    _restart(p)
     _train(p)
     _audit(p)
     _common(p)
@@ -100,48 +115,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from clipforget import api
+    from clipforget import __version__, api
+    from clipforget.data.sources import ImageLoadError
+    from clipforget.methods.training import NonFiniteLossError
 
     try:
-        if args.command == "eval":
-            metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
-            text = json.dumps(metrics.to_dict(), indent=2)
-            print(api.format_metrics(metrics))
-            if args.out:
-                from clipforget.io import atomic_write_text
-
-                atomic_write_text(args.out, text + "\n")
-        elif args.command == "forget":
-            result = api.forget(
-                args.model, args.scenario, out=args.out, method=args.method, config=args.config,
-                overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                image_prefix=args.image_prefix, audit=_audit_setting(args),
-            )
-            print(f"report: {result.run_dir / 'report.md'}")
-        elif args.command == "bench":
-            table = api.bench(
-                args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
-                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-                audit=_audit_setting(args),
-            )
-            print(table)
-        elif args.command == "audit":
-            result = api.audit(
-                args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
-                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-            )
-            print(api.format_audit(result))
-            print(f"audit: {Path(args.out) / 'audit.md'}")
-        elif args.command == "demo":
-            result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
-            print(f"report: {result.run_dir / 'report.md'}")
-        elif args.command == "scenarios":
-            print("\n".join(api.list_scenarios()))
-        elif args.command == "methods":
-            print("\n".join(api.list_methods()))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+        return _run(args, api)
+    except (ConfigError, FileNotFoundError, ValueError, ImageLoadError, NonFiniteLossError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_BAD_INPUT
+    except Exception:
+        out = getattr(args, "out", None)
+        log.critical("clipforget %s failed unexpectedly%s; the traceback follows (please report it)", __version__,
+                     f" (run directory {out})" if out else "")
+        raise
+
+
+def _run(args: argparse.Namespace, api) -> int:
+    if getattr(args, "device", None) is not None:
+        from clipforget.models import check_device
+
+        check_device(args.device)
+    if args.command == "eval":
+        if args.out:
+            from clipforget.rundir import check_output_file
+
+            check_output_file(args.out)
+        metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
+        text = json.dumps(metrics.to_dict(), indent=2)
+        print(api.format_metrics(metrics))
+        if args.out:
+            from clipforget.io import atomic_write_text
+
+            atomic_write_text(args.out, text + "\n")
+    elif args.command == "forget":
+        result = api.forget(
+            args.model, args.scenario, out=args.out, method=args.method, config=args.config,
+            overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
+            image_prefix=args.image_prefix, audit=_audit_setting(args), restart=args.restart,
+        )
+        print(f"report: {result.run_dir / 'report.md'}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        if result.warnings and args.strict:
+            return EXIT_QUESTIONABLE
+    elif args.command == "bench":
+        table = api.bench(
+            args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
+            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+            audit=_audit_setting(args), restart=args.restart,
+        )
+        print(table)
+    elif args.command == "audit":
+        result = api.audit(
+            args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
+            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+        )
+        print(api.format_audit(result))
+        print(f"audit: {Path(args.out) / 'audit.md'}")
+    elif args.command == "demo":
+        result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
+        print(f"report: {result.run_dir / 'report.md'}")
+    elif args.command == "scenarios":
+        print("\n".join(api.list_scenarios()))
+    elif args.command == "methods":
+        print("\n".join(api.list_methods()))
     return 0
 
 
