@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from tiny import make_tiny_hf, make_tiny_testbed, register_tiny_openclip
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test downloads: a hub id fails at once instead of retrying
 
-from clipforget.models import DualEncoder, load_model
+import copy  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny import make_tiny_hf, make_tiny_testbed, register_tiny_openclip  # noqa: E402
+
+from clipforget.models import DualEncoder, load_model  # noqa: E402
 
 
 def _openclip(name: str) -> Callable[[Path], str]:

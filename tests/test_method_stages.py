@@ -28,6 +28,7 @@ from clipforget.methods.forget import (
     ForgetObjective,
     forget_progress,
     forget_stage,
+    projected_targets,
 )
 from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
 from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
@@ -140,6 +141,46 @@ def test_the_image_term_moves_forget_embeddings_off_the_original_only_through_th
         assert cosine < 0.999
     else:  # the text tower cannot move image embeddings
         assert cosine == pytest.approx(1.0, abs=1e-6)
+
+
+def test_projected_targets_lose_exactly_the_forget_directions():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    directions = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    redundant = torch.cat([directions, directions[:1] * 2])  # a repeated direction adds nothing
+    goal = projected_targets(emb, redundant)
+    assert torch.allclose(goal.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert float((goal @ directions.T).abs().max()) < 1e-5
+    mirrored = projected_targets(emb, directions, overshoot=1.0)
+    assert bool(((mirrored @ directions.T) * (emb @ directions.T) <= 1e-6).all())  # signs flipped
+    other = torch.linalg.svd(directions.T, full_matrices=True)[0][:, 3:]  # what the directions leave
+    kept = (goal @ other).norm(dim=-1) / (emb @ other).norm(dim=-1)
+    assert torch.allclose(goal @ other, (emb @ other) * kept[:, None], atol=1e-5)  # the rest only rescaled
+
+
+def test_the_projection_target_takes_the_forget_text_off_the_images_through_the_image_tower(model):
+    data = make_data()
+    layers = model.layers()
+    pick = next(n for n, ps in reversed(list(layers.items())) if model.tower_of(ps[0]) == "image" and any(p.endswith("weight") for p in ps))
+    weights = [model.model.get_parameter(p) for p in layers[pick] if p.endswith("weight")]
+    config = ForgetConfig(class_weight=0.0, target="project")
+    objective = ForgetObjective(model, data, config, layers[pick])
+    everything = torch.arange(len(data.forget_images))
+    text = objective._text[0]
+
+    def off_text() -> float:
+        return float((embed_images(model, data.forget_images) @ text).abs().mean())
+
+    start, loss0 = off_text(), float(objective(everything)["loss"].detach())
+    for _ in range(20):
+        grads = torch.autograd.grad(objective(everything)["loss"], weights)
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                w -= 0.05 * g / (g.norm() + 1e-12)
+    assert float(objective(everything)["loss"].detach()) < loss0
+    assert off_text() < start
+    with pytest.raises(ValueError, match="target"):
+        ForgetConfig(target="pull")
 
 
 def test_forget_class_loss_is_bounded_and_vanishes_off_the_label():

@@ -230,6 +230,21 @@ def test_bench_keeps_the_models_it_is_told_to(saved_rn, scenario, tmp_path, poli
     assert all((tmp_path / r["cell"] / "report.html").is_file() for r in rows)
 
 
+def test_bench_resumes_a_bench_written_before_run_markers(saved_rn, scenario, tmp_path):
+    """A bench folder of a clipforget without markers (report.html and bench.json included) is still a bench."""
+    from clipforget.rundir import LOCK, MARKER
+
+    args = {"out": tmp_path, "methods": ["ours"], "configs": {"ours": SMOKE}, "audit": False}
+    run_bench(saved_rn, [str(scenario)], **args)
+    for name in (MARKER, LOCK):
+        for p in tmp_path.rglob(name):
+            p.unlink()
+    assert (tmp_path / "report.html").is_file() and next(tmp_path.glob("runs/*/ours/seed0/bench.json"))
+    stamp = next(tmp_path.glob("runs/*/ours/seed0/metrics.json")).stat().st_mtime_ns
+    run_bench(saved_rn, [str(scenario)], **args)
+    assert next(tmp_path.glob("runs/*/ours/seed0/metrics.json")).stat().st_mtime_ns == stamp, "a finished cell is kept"
+
+
 def test_bench_refuses_unknown_methods_before_any_work(saved_rn, scenario, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         run_bench(saved_rn, [str(scenario)], out=tmp_path, methods=["nope"])

@@ -111,6 +111,7 @@ def _clean(run: Path) -> None:
 
     def metrics(m):
         m["original"]["target"], m["unlearned"]["target"] = 80.0, 5.0
+        m["weights_changed"], m["warnings"] = True, []
 
     def audit(a):
         a["verdict"]["every_road_closed"] = True
@@ -130,6 +131,7 @@ def _clean(run: Path) -> None:
     (("events.jsonl", lambda evs: [ev.update(stopped_early=False) for ev in evs if ev["stage"] == "forget"]),
      "ran its whole step budget"),
     (("audit.json", lambda a: a["verdict"].update(every_road_closed=False)), "The audit still finds the subgroup"),
+    (("metrics.json", lambda m: m.update(weights_changed=False)), "No weight changed"),
 ])
 def test_each_suspect_result_raises_its_own_warning_and_a_clean_one_none(run_dir, tmp_path, spoil, expected):
     run = _copy(run_dir, tmp_path)

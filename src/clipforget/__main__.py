@@ -1,4 +1,4 @@
-"""``python -m clipforget``: the command line."""
+"""``python -m clipforget``: the command line (:func:`clipforget.cli.main`)."""
 
 import sys
 

@@ -32,11 +32,11 @@ from clipforget.pipeline import (
     ForgetResult,
     load_scenario_images,
     map_images,
-    refuse_inside_checkpoint,
     resolve_audit_config,
     run_forget,
 )
 from clipforget.report import write_audit_report
+from clipforget.rundir import check_writable, refuse_overlap
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,9 @@ def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, s
 
 
 def _check_audit_out(out: Path, model_ids) -> None:
-    """Refuse an --out that is (or lies under) a file, or inside an input checkpoint: before loading anything."""
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"--out {out}: {p} is a file, and the audit writes a directory (audit.json, audit.md); "
-                                  "give a directory path")
-            break
-    for model_id in model_ids:
-        refuse_inside_checkpoint(out, model_id)
+    """Refuse an --out that is (or lies under) a file, is read-only, or overlaps an input checkpoint: before loading anything."""
+    check_writable(out, what="a directory (audit.json, audit.md)")
+    refuse_overlap(out, model_ids)
 
 
 def same_preprocess(a, b) -> bool:

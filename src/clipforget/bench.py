@@ -4,7 +4,7 @@ Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory p
 by :func:`clipforget.pipeline.run_method`, plus ``bench.json`` naming the cell), ``results.csv``,
 ``results.json``, ``table.md`` and ``report.html``. Folder names carry no shell glob or quoting
 characters: a variant ``ours[use_lora=false,select.top_k=4]`` lives in ``ours+use_lora=false+select.top_k=4``.
-A finished cell (its ``metrics.json`` exists) is never redone, so a killed benchmark resumes.
+A finished cell (its ``run.json`` says so) is never redone, so a killed benchmark resumes.
 Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
 
@@ -47,14 +47,40 @@ def cell_dir(out: Path, scenario: str, method: str, seed: int) -> Path:
     return out / "runs" / folder_name(scenario) / folder_name(method) / f"seed{seed}"
 
 
+def _finished(cell: Path) -> bool:
+    """Whether a cell's run wrote every output (its run.json says so last)."""
+    try:
+        return json.loads((cell / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def parse_variant(entry: str) -> tuple[str, list[str]]:
-    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,select.top_k=4]"`` -> ("ours", [overrides])."""
+    """``"ours"`` -> ("ours", []); ``"ours[use_lora=false,restore.grid=[0.0,1.0]]"`` -> ("ours", [overrides])."""
     name, bracket, rest = entry.partition("[")
     if not bracket:
         return entry, []
     if not rest.endswith("]") or not rest[:-1].strip():
         raise ValueError(f"method variant {entry!r}: write name[field=value,...]")
-    return name, [o.strip() for o in rest[:-1].split(",")]
+    return name, [o.strip() for o in _split_top_level(rest[:-1])]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and quotes (``a=[0.0,1.0],b=2`` -> two parts)."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def run_bench(
@@ -70,13 +96,15 @@ def run_bench(
     image_prefix: str | None = "auto",
     audit: Any = True,
     save_models: str = "ours",
+    restart: bool = False,
 ) -> str:
     """Run the grid and return the Markdown table.
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
     ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
-    ``save_models`` one of :data:`SAVE_MODELS`.
+    ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` restarts unfinished cells whose stored
+    stages belong to another run.
     """
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
@@ -87,6 +115,7 @@ def run_bench(
         resolve_method_config,
         run_method,
     )
+    from clipforget.rundir import check_output_dir, open_bench_dir
 
     audit = resolve_audit_config(audit)
 
@@ -102,39 +131,45 @@ def run_bench(
                              "rename one")
     resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
                 for m, (name, overrides) in variants.items()}
-    for scenario in scenarios:
-        name = load_scenario_config(scenario).name
-        todo = [(m, s) for m in methods for s in seeds if not (cell_dir(out, name, m, s) / "metrics.json").is_file()]
-        if not todo:
-            log.info("%s: every cell already finished", name)
-            continue
-        prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
-        for i, (m, s) in enumerate(todo, 1):
-            log.info("bench cell %d/%d: %s / %s / seed %d", i, len(todo), name, m, s)
-            cell = cell_dir(out, name, m, s)
-            keep = save_models in ("all", "best") or (save_models == "ours" and variants[m][0] == "ours")
-            run_method(prepared, cell, method=variants[m][0], config=resolved[m], seed=s, device=device,
-                       batch_size=batch_size, image_prefix=image_prefix, audit=audit, save_model=keep)
-            atomic_write_json(cell / "bench.json", {"scenario": name, "method": m, "seed": s})
-            if save_models == "best":
-                _keep_best_model(out / "runs" / folder_name(name))
-    rows = collect(out)
-    write_tables(out, rows)
+    check_output_dir(out, [model_id], kind="bench")
+    with open_bench_dir(out):
+        for scenario in scenarios:
+            name = load_scenario_config(scenario).name
+            todo = [(m, s) for m in methods for s in seeds if not _finished(cell_dir(out, name, m, s))]
+            if not todo:
+                log.info("%s: every cell already finished", name)
+                continue
+            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+            for i, (m, s) in enumerate(todo, 1):
+                log.info("bench cell %d/%d: %s / %s / seed %d", i, len(todo), name, m, s)
+                cell = cell_dir(out, name, m, s)
+                keep = save_models in ("all", "best") or (save_models == "ours" and variants[m][0] == "ours")
+                run_method(prepared, cell, method=variants[m][0], config=resolved[m], seed=s, device=device,
+                           batch_size=batch_size, image_prefix=image_prefix, audit=audit, save_model=keep,
+                           restart=restart)
+                atomic_write_json(cell / "bench.json", {"scenario": name, "method": m, "seed": s})
+                if save_models == "best":
+                    _keep_best_model(out / "runs" / folder_name(name))
+        rows = collect(out)
+        write_tables(out, rows)
     return (out / "table.md").read_text()
 
 
 def _keep_best_model(scenario_dir: Path) -> None:
-    """Remove the model folder of every finished cell under ``scenario_dir`` but the best-scoring one."""
+    """Remove the model folder of every finished cell under ``scenario_dir`` but the best-scoring one
+    (holding each cell's lock while it changes, as a run would)."""
     from clipforget.report import write_report
+    from clipforget.rundir import lock_dir
 
-    cells = [m.parent for m in scenario_dir.glob("*/seed*/metrics.json")]
+    cells = [c for c in (m.parent for m in scenario_dir.glob("*/seed*/metrics.json")) if _finished(c)]
     best = max(cells, key=lambda c: json.loads((c / "metrics.json").read_text())["score"])
     for cell in cells:
         if cell != best and (cell / "model").is_dir():
-            shutil.rmtree(cell / "model")
-            info = json.loads((cell / "run.json").read_text())
-            atomic_write_json(cell / "run.json", {**info, "unlearned_model": None})
-            write_report(cell)
+            with lock_dir(cell):
+                shutil.rmtree(cell / "model")
+                info = json.loads((cell / "run.json").read_text())
+                atomic_write_json(cell / "run.json", {**info, "unlearned_model": None})
+                write_report(cell)
             log.info("removed the model of %s (its Score is below that of %s)", cell, best)
 
 
@@ -149,6 +184,8 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     rows, out = [], Path(out)
     for metrics_file in sorted(out.glob("runs/*/*/seed*/metrics.json")):
         cell = metrics_file.parent
+        if not _finished(cell):
+            continue
         metrics = json.loads(metrics_file.read_text())
         info = json.loads((cell / "run.json").read_text())
         u, o = metrics["unlearned"], metrics["original"]

@@ -2,6 +2,9 @@
 
 Each sub-command parses its flags and calls one function of :mod:`clipforget.api`; nothing else.
 Listing methods, scenarios and configs imports no model code, so it answers at once.
+Exit codes: 0 done; 2 bad input, reported as one line naming the problem and the fix; 3 a
+questionable result under ``forget --strict``. An unanticipated error shows its traceback, after a
+line with the version and the run directory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from clipforget import __version__
 from clipforget.config import ConfigError
 
 log = logging.getLogger("clipforget")
+
+EXIT_BAD_INPUT = 2
+EXIT_QUESTIONABLE = 3
 
 MODEL_IDS = """\
 model ids (--model, --original): BACKEND:NAME[@WEIGHTS], or testbed[@DIR]
@@ -61,6 +67,11 @@ def _audit_setting(args: argparse.Namespace):
     return False if args.no_audit else (args.audit_config or True)
 
 
+def _restart(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true",
+                   help="discard what an earlier, different run left in --out (its finished stages) and start again")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: 64)")
@@ -89,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html")
     p.add_argument("--model", required=True, help="the model to unlearn from (grammar below)")
     p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
-    p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run of the same config)")
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run of the same config, "
+                                                "scenario and model)")
+    _restart(p)
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with code {EXIT_QUESTIONABLE} when the result is questionable (e.g. it is the original model)")
     p.add_argument("--method", default="ours", help="a registered method (see: clipforget methods; default: ours)")
     p.add_argument("--config", help="method config YAML (default: the method's defaults; see: clipforget config METHOD)")
     p.add_argument("--seed", type=int, default=0, help="the seed of every random choice (default: 0)")
@@ -106,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                    help='registered methods, or variants as name[field=value,...] (default: every registered method)')
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds (default: 0)")
     p.add_argument("--out", required=True, help="bench directory (resumed: finished cells are never redone)")
+    _restart(p)
     p.add_argument("--save-models", choices=("none", "ours", "best", "all"), default="ours",
                    help="which cells keep their unlearned model folder: none; the cells of ours and its variants "
                         "(default); per scenario the best Score only; all")
@@ -197,57 +213,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     loggers = configure_logging(getattr(args, "verbose", False))
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from clipforget.data.sources import ImageLoadError
+    from clipforget.methods.training import NonFiniteLossError
+
     with logging_redirect_tqdm(loggers=loggers):  # log lines print above the bars, not through them
-        return _run(args)
+        try:
+            return _run(args)
+        except (ConfigError, FileNotFoundError, ValueError, ImageLoadError, NonFiniteLossError) as e:
+            log.error("%s", e)
+            return EXIT_BAD_INPUT
+        except Exception:
+            out = getattr(args, "out", None)
+            log.critical("clipforget %s failed unexpectedly%s; the traceback follows (please report it)", __version__,
+                         f" (run directory {out})" if out else "")
+            raise
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "config":
-        try:
-            _print_config(args.name)
-        except ValueError as e:
-            log.error("%s", e)
-            return 2
+        _print_config(args.name)
         return 0
+    if getattr(args, "device", None) is not None:
+        from clipforget.models import check_device
+
+        check_device(args.device)
     from clipforget import api
 
-    try:
-        if args.command == "eval":
-            metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
-            text = json.dumps(metrics.to_dict(), indent=2)
-            print(api.format_metrics(metrics))
-            if args.out:
-                from clipforget.io import atomic_write_text
+    if args.command == "eval":
+        if args.out:
+            from clipforget.rundir import check_output_file
 
-                atomic_write_text(args.out, text + "\n")
-        elif args.command == "forget":
-            result = api.forget(
-                args.model, args.scenario, out=args.out, method=args.method, config=args.config,
-                overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
-                image_prefix=args.image_prefix, audit=_audit_setting(args),
-            )
-            print(f"report: {result.run_dir / 'report.html'}")
-        elif args.command == "bench":
-            table = api.bench(
-                args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
-                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-                audit=_audit_setting(args), save_models=args.save_models,
-            )
-            print(table)
-            print(f"report: {Path(args.out) / 'report.html'}")
-        elif args.command == "audit":
-            result = api.audit(
-                args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
-                device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-            )
-            print(api.format_audit(result))
-            print(f"audit: {Path(args.out) / 'audit.md'}")
-        elif args.command == "demo":
-            result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
-            print(f"report: {result.run_dir / 'report.html'}")
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        return 2
+            check_output_file(args.out)
+        metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
+        text = json.dumps(metrics.to_dict(), indent=2)
+        print(api.format_metrics(metrics))
+        if args.out:
+            from clipforget.io import atomic_write_text
+
+            atomic_write_text(args.out, text + "\n")
+    elif args.command == "forget":
+        result = api.forget(
+            args.model, args.scenario, out=args.out, method=args.method, config=args.config,
+            overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
+            image_prefix=args.image_prefix, audit=_audit_setting(args), restart=args.restart,
+        )
+        print(f"report: {result.run_dir / 'report.html'}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        if result.warnings and args.strict:
+            return EXIT_QUESTIONABLE
+    elif args.command == "bench":
+        table = api.bench(
+            args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
+            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+            audit=_audit_setting(args), save_models=args.save_models, restart=args.restart,
+        )
+        print(table)
+        print(f"report: {Path(args.out) / 'report.html'}")
+    elif args.command == "audit":
+        result = api.audit(
+            args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
+            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+        )
+        print(api.format_audit(result))
+        print(f"audit: {Path(args.out) / 'audit.md'}")
+    elif args.command == "demo":
+        result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
+        print(f"report: {result.run_dir / 'report.html'}")
     return 0
 
 

@@ -2,12 +2,15 @@
 
 Every config class subclasses :class:`Config`, documents each field once (in its docstring), and
 validates itself in ``__post_init__`` through :func:`require`. ``from_dict`` rejects unknown keys
-with the list of known ones; ``with_overrides`` applies ``a.b=value`` strings from the command line.
+with the list of known ones and names a bad value by its full dotted path (``forget.train.lr``);
+``with_overrides`` applies ``a.b=value`` strings from the command line. :func:`load_yaml` reads every
+config and scenario file: any Python float literal (``1e-3``) is a number and a duplicate key is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -26,6 +29,68 @@ class ConfigError(ValueError):
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+# PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: "1e-3" and "1.0e9" would
+# be strings. Every Python float literal (and YAML's .inf / .nan) is a float here.
+_D = r"[0-9](?:_?[0-9])*"
+_FLOAT = re.compile(rf"^[-+]?(?:{_D}\.(?:{_D})?(?:[eE][-+]?{_D})?|\.{_D}(?:[eE][-+]?{_D})?|{_D}[eE][-+]?{_D}"
+                    r"|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with Python float literals and duplicate keys refused."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _float(loader: _Loader, node: yaml.Node) -> float:
+    text = loader.construct_scalar(node).replace("_", "")
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return float("-inf") if lowered.startswith("-") else float("inf")
+    if lowered == ".nan":
+        return float("nan")
+    return float(text)
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not isinstance(key, typing.Hashable):
+            continue  # the base constructor refuses it with its own message
+        if key in seen:
+            raise ConfigError(f"{loader.name}, line {line}: duplicate key {key!r} (first given on line {seen[key]}); "
+                              "keep one of them")
+        seen[key] = line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _float)
+_Loader.add_constructor("tag:yaml.org,2002:map", _mapping)
+
+
+def load_yaml(text: str, name: str = "<string>") -> Any:
+    """Parse YAML ``text`` (from the file or flag ``name``): Python float literals are floats and a
+    duplicate key raises :class:`ConfigError` naming it and its line."""
+    loader = _Loader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        context = getattr(e, "context", None)
+        raise ConfigError(f"{name}: not valid YAML{where}: {problem}" + (f" ({context})" if context else "")) from e
+    finally:
+        loader.dispose()
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -101,6 +166,12 @@ class Config:
             return cls(**kwargs)
         except TypeError as e:  # a required field is missing
             raise ConfigError(f"{where or cls.__name__}: {e}") from e
+        except ConfigError as e:  # a range check of __post_init__: name the field by its full path
+            message = str(e)
+            if not where:
+                raise
+            first = message.split(" ", 1)[0]
+            raise ConfigError(f"{where}.{message}" if first in fields else f"{where}: {message}") from e
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -119,19 +190,19 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping of fields")
-        return cls.from_dict(data, where=path.name)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def with_overrides(self: C, overrides: Sequence[str]) -> C:
-        """Apply ``section.field=value`` overrides (values parsed as YAML scalars/lists)."""
+        """Apply ``section.field=value`` overrides (values parsed by :func:`load_yaml`: scalars, lists)."""
         data = self.to_dict()
         for item in overrides:
             key, sep, raw = item.partition("=")
@@ -145,5 +216,5 @@ class Config:
                 node = node[p]
             if parts[-1] not in node:
                 raise ConfigError(f"override {item!r}: unknown field {parts[-1]!r}; known: {sorted(node)}")
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = load_yaml(raw, f"override {item!r}")
         return type(self).from_dict(data)

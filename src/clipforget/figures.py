@@ -48,13 +48,20 @@ def confusion_figure(classnames: Sequence[str], counts: Mapping[str, Sequence[in
     return png(fig)
 
 
+def curve_panels(groups: Mapping[str, Mapping[str, Sequence[float]]], checks: Mapping[str, Sequence[float]] | None = None
+                 ) -> tuple[list[tuple[str, Sequence[float]]], list[str]]:
+    """What :func:`curves_figure` draws: (title, values) of each series with a point, and the forget
+    checks recorded; both empty for a stage that ran no step."""
+    panels = [(f"{g}: {k}" if g else k, v) for g, series in groups.items() for k, v in series.items() if v]
+    return panels, [k for k in ("forget_acc", "forget_similarity") if checks and checks.get(k)]
+
+
 def curves_figure(stage: str, groups: Mapping[str, Mapping[str, Sequence[float]]],
                   checks: Mapping[str, Sequence[float]] | None = None) -> bytes:
     """One small panel per recorded series of a stage (``groups``: part of the stage -> series -> values
     per step), plus the forget checks (forget accuracy and similarity at each check) when given."""
     plt = _pyplot()
-    panels = [(f"{g}: {k}" if g else k, v) for g, series in groups.items() for k, v in series.items() if v]
-    extra = [k for k in ("forget_acc", "forget_similarity") if checks and checks.get(k)]
+    panels, extra = curve_panels(groups, checks)
     n = len(panels) + len(extra)
     cols = min(3, max(1, n))
     rows = -(-n // cols)

@@ -61,6 +61,11 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def atomic_write_with(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Write ``path`` through ``write(tmp_path)`` (e.g. a plot's ``savefig``) and move it into place in one step."""
+    return _atomic(Path(path), write)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:

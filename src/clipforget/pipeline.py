@@ -2,23 +2,31 @@
 
 Run directory layout (every file written atomically)::
 
+    .clipforget-run.json  written first: marks the folder as a run directory, holds the resume key
+    .clipforget.lock      locked while a process runs in the folder (a second one is refused)
     config.yaml        resolved run config (model, scenario, method, method config, seed, device)
     scenario.yaml      the resolved scenario
     run.json           versions, git commit, seed, device, wall time of each stage, status
-    stages/            finished stages (the resume points): <stage>.safetensors + <stage>.json
-    metrics.json       original and unlearned metrics and the paper's Score
-    events.jsonl       one JSON line per finished stage
+    stages/            finished stages (the resume points): <stage>.safetensors + <stage>.json (with
+                       the tensor file's sha256, checked on load)
+    metrics.json       original and unlearned metrics, the paper's Score, warnings about the result,
+                       whether any weight changed
+    events.jsonl       one JSON line per stage of the method
     fisher.json, alpha_curve.json   diagnostics, when the method has those stages
     sets.json, examples/   what was forgotten, each set's size and labels, example thumbnails
     audit.json         the forgetting audit (:mod:`clipforget.audit`), unless switched off
     model/             the unlearned weights in the backend's own layout, with a model card (README.md);
                        absent when the run was told not to save them
     report.md, report.html, plots/   generated from the JSON files
+
+A run resumes only where its key matches: the resolved config, the scenario's fingerprint, a digest
+of its images and of the model's weights, and the clipforget version (:mod:`clipforget.rundir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -30,9 +38,10 @@ from typing import Any
 import torch
 import yaml
 
+from clipforget import __version__
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
-from clipforget.config import Config, ConfigError
+from clipforget.config import Config
 from clipforget.data import (
     ScenarioConfig,
     ScenarioSplits,
@@ -49,7 +58,6 @@ from clipforget.evaluation import (
 )
 from clipforget.examples import write_sets
 from clipforget.io import (
-    append_jsonl,
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
@@ -57,10 +65,12 @@ from clipforget.io import (
 from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score
-from clipforget.models import DualEncoder, ModelSpec, load_model
+from clipforget.models import DualEncoder, check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.report import write_report
+from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir
 from clipforget.runinfo import Timer, git_commit, package_versions
+from clipforget.zeroshot import state_dict_digest
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +120,57 @@ def unlearn_data(splits: ScenarioSplits, images: ScenarioImages) -> UnlearnData:
 class DiskStore:
     """:class:`clipforget.methods.base.StageStore` on disk: ``<dir>/<stage>.safetensors`` + ``.json``.
 
-    The JSON is written last, so a stage counts as finished only when both files are complete.
+    The JSON is written last and records the tensor file's sha256 (``stage_file``), so a stage
+    counts as finished only when both files are complete; on load a missing or changed tensor file
+    raises :class:`clipforget.rundir.ResumeError` (it is never read as "the stage changed nothing").
     """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
 
-    def load(self, stage: str) -> dict[str, Any] | None:
+    def load(self, stage: str, quiet: bool = False) -> dict[str, Any] | None:
         meta = self.directory / f"{stage}.json"
         if not meta.is_file():
             return None
         from safetensors.torch import load_file
 
-        tensors = self.directory / f"{stage}.safetensors"
-        state = load_file(tensors) if tensors.is_file() else {}
-        log.info("resuming: stage %r already finished, loaded from %s", stage, self.directory)
-        return {"state": state, "info": json.loads(meta.read_text())}
+        try:
+            info = json.loads(meta.read_text())
+            recorded = info.pop("stage_file")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise ResumeError(f"stage {stage!r}: {meta} is damaged or was written without a checksum; {RESTART_HINT}") from None
+        state = {}
+        if recorded is not None:
+            tensors = self.directory / recorded["name"]
+            if not tensors.is_file():
+                raise ResumeError(f"stage {stage!r}: its tensor file {tensors} is missing; {RESTART_HINT}")
+            if _sha256(tensors) != recorded["sha256"]:
+                raise ResumeError(f"stage {stage!r}: {tensors} is damaged or changed (its sha256 differs from the "
+                                  f"one recorded in {meta.name}); {RESTART_HINT}")
+            state = load_file(tensors)
+        if not quiet:
+            log.info("resuming: stage %r already finished, loaded from %s", stage, self.directory)
+        return {"state": state, "info": info}
+
+    def verify(self) -> None:
+        """Check every finished stage's files now (as :meth:`load` would), before a run writes anything."""
+        for meta in sorted(self.directory.glob("*.json")):
+            self.load(meta.stem, quiet=True)
 
     def save(self, stage: str, payload: dict[str, Any]) -> None:
+        recorded = None
         if payload.get("state"):
-            atomic_save_safetensors(payload["state"], self.directory / f"{stage}.safetensors")
-        atomic_write_json(self.directory / f"{stage}.json", payload.get("info", {}))
+            tensors = atomic_save_safetensors(payload["state"], self.directory / f"{stage}.safetensors")
+            recorded = {"name": tensors.name, "sha256": _sha256(tensors)}
+        atomic_write_json(self.directory / f"{stage}.json", {**payload.get("info", {}), "stage_file": recorded})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -141,6 +181,8 @@ class ForgetResult:
     original: ScenarioMetrics
     unlearned: ScenarioMetrics
     score: float
+    warnings: list[str] = field(default_factory=list)
+    """Why the result is questionable (:func:`result_warnings`); empty for an ordinary run."""
 
 
 def resolve_method_config(method_name: str, config: str | Path | Mapping[str, Any] | Config | None,
@@ -173,25 +215,6 @@ def resolve_audit_config(audit: AuditSetting) -> AuditConfig | None:
     return AuditConfig.from_yaml(audit)
 
 
-def refuse_inside_checkpoint(out: Path, model_id: str) -> None:
-    """Refuse an output directory inside the checkpoint ``model_id`` loads from (inputs are never written)."""
-    spec = ModelSpec.parse(model_id)
-    for p in (spec.weights, spec.name.removeprefix("local-dir:")):
-        if p and Path(p).exists() and Path(p).resolve() in (out.resolve(), *out.resolve().parents):
-            raise ConfigError(f"--out {out} would write inside the input checkpoint {p}; choose another directory")
-
-
-def _check_out_dir(out: Path, model_id: str, resolved: dict[str, Any]) -> None:
-    refuse_inside_checkpoint(out, model_id)
-    cfg_file = out / "config.yaml"
-    if cfg_file.is_file():
-        previous = yaml.safe_load(cfg_file.read_text())
-        if previous != resolved:
-            raise ConfigError(
-                f"{out} holds a different run (its config.yaml differs); choose another --out or remove it"
-            )
-
-
 @dataclass
 class Prepared:
     """A model and a scenario loaded once, so several methods and seeds can share them."""
@@ -204,6 +227,16 @@ class Prepared:
     original_metrics: ScenarioMetrics
     load_seconds: float
     _views: dict[str | None, TrainingView] = field(default_factory=dict)
+    _digests: dict[str, str] = field(default_factory=dict)
+
+    def resume_key(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """What a run's stages are computed from: ``config`` (the resolved run config), the scenario's
+        fingerprint, a digest of its image tensors and of the model's weights, the clipforget version."""
+        if not self._digests:
+            self._digests["scenario"] = self.splits.fingerprint
+            self._digests["images"] = images_digest(self.images)
+            self._digests["weights"] = state_dict_digest(self.model.state_dict_model())
+        return {"clipforget": __version__, "config": dict(config), **self._digests}
 
     def training_view(self, image_prefix: str | None, *, batch_size: int = 64) -> TrainingView:
         """The model, data and evaluation images a method runs on: whole images, or the activations
@@ -227,6 +260,17 @@ class TrainingView:
     model: DualEncoder
     data: UnlearnData
     images: ScenarioImages
+
+
+def images_digest(images: ScenarioImages) -> str:
+    """SHA-256 of every image tensor and label of a scenario (what a method and the metrics see)."""
+    h = hashlib.sha256()
+    sets = {"forget_train": images.forget_train, **{k: getattr(images, k) for k in ("retain_train", "calibration", "target", "retain")},
+            **{f"heldout/{k}": v for k, v in images.heldout.items()}}
+    for name, value in sets.items():
+        tensors = {"images": value} if isinstance(value, torch.Tensor) else {"images": value.images, "labels": value.labels}
+        h.update(f"{name}|{list(getattr(value, 'classnames', ()))}|{state_dict_digest(tensors)}\n".encode())
+    return h.hexdigest()
 
 
 def map_images(images: ScenarioImages, fn) -> ScenarioImages:
@@ -277,18 +321,24 @@ def run_forget(
     model: DualEncoder | None = None,
     image_prefix: str | None = "auto",
     audit: AuditSetting = True,
+    restart: bool = False,
 ) -> ForgetResult:
-    """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs."""
+    """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs.
+
+    ``restart``: discard what an earlier run wrote into ``out`` (else a run with another key is refused).
+    """
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
     audit_cfg = resolve_audit_config(audit)
+    check_device(device)  # and on a bad device or --out
+    check_output_dir(out, [model_id])
     prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model)
     return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
-                      batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg)
+                      batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)
 
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
                device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto",
-               audit: AuditSetting = True, save_model: bool = True) -> ForgetResult:
+               audit: AuditSetting = True, save_model: bool = True, restart: bool = False) -> ForgetResult:
     """Run one registered method on a prepared scenario into the run directory ``out``.
 
     ``image_prefix``: the first image stage a method may change (see
@@ -297,32 +347,42 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     ``audit``: the forgetting audit of the result (:func:`clipforget.audit.audit`, written to
     audit.json), on the same images and in the same view as the method ran; see :data:`AuditSetting`.
     ``save_model``: write the unlearned weights to ``out/model`` (a bench may keep only some).
+    ``restart``: see :func:`run_forget`. The run holds ``out``'s lock throughout.
     """
     audit_cfg = resolve_audit_config(audit)
     out = Path(out)
-    timer = Timer()
-    timer.seconds["load"] = prepared.load_seconds
     if image_prefix == "auto":
         image_prefix = prepared.model.default_image_prefix
     resolved = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
                 "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
-    _check_out_dir(out, prepared.model_id, resolved)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    atomic_write_text(out / "scenario.yaml", prepared.scenario.to_yaml())
-    started = time.time()
-    info = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method, "seed": seed,
-            "device": device, "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
-    atomic_write_json(out / "run.json", info)
+    key = prepared.resume_key(resolved)
+    with open_run_dir(out, key, model_ids=[prepared.model_id], restart=restart):
+        DiskStore(out / "stages").verify()
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(out / "scenario.yaml", prepared.scenario.to_yaml())
+        info = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method, "seed": seed,
+                "device": device, "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
+        atomic_write_json(out / "run.json", info)
+        try:
+            return _run_in(out, prepared, info, method, config, seed, batch_size, image_prefix, audit_cfg, save_model)
+        except BaseException as e:
+            atomic_write_json(out / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            raise
 
+
+def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, config: Config, seed: int,
+            batch_size: int, image_prefix: str | None, audit_cfg: AuditConfig | None, save_model: bool) -> ForgetResult:
+    timer = Timer()
+    timer.seconds["load"] = prepared.load_seconds
+    started = time.time()
     torch.manual_seed(seed)
     log.info("method %s, seed %d, into %s", method, seed, out)
     original_metrics = prepared.original_metrics
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
         result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed)
-    for stage, diag in result.diagnostics.items():
-        append_jsonl(out / "events.jsonl", {"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}})
+    events = [{"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}} for stage, diag in result.diagnostics.items()]
+    atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
     log.info("scoring the unlearned model")
     with timer("evaluate_unlearned"):
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
@@ -331,6 +391,9 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     if isinstance(result.model, FrozenImagePrefix):
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
+    warnings = result_warnings(prepared.model, result.model, result.diagnostics)
+    for w in warnings:
+        log.warning("%s", w)
     _write_diagnostics(out, result.diagnostics)
     write_sets(out, prepared.splits, open_sources(prepared.scenario), seed=seed)
     if save_model:
@@ -344,21 +407,51 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
             audited = run_audit(view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed=seed)
         atomic_write_json(out / "audit.json", audited.to_dict())
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
-                                             "unlearned": unlearned_metrics.to_dict(), "score": score})
+                                             "unlearned": unlearned_metrics.to_dict(), "score": score,
+                                             "warnings": warnings,
+                                             "weights_changed": not same_weights(prepared.model, result.model)})
     wall = time.time() - started
     stage_times = _stage_times(result.diagnostics)
     resumed = [k for k, v in result.diagnostics.items() if v.get("resumed")]  # their seconds are from the first attempt
     saved = result.model.saved_id(out / "model") if save_model else None
-    info.update(status="finished", unlearned_model=saved, timings={**timer.seconds, **stage_times},
+    info.update(unlearned_model=saved, timings={**timer.seconds, **stage_times},
                 wall_seconds=wall, resumed_stages=resumed,
                 compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
-    atomic_write_json(out / "run.json", info)
+    atomic_write_json(out / "run.json", info)  # the report reads the timings
     report = write_report(out)
+    info["status"] = "finished"  # last: a run is finished only once every output is written
+    atomic_write_json(out / "run.json", info)
     log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
              prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
              original_metrics.retain, unlearned_metrics.retain, score)
     log.debug("report: %s", report)
-    return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score)
+    return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score, warnings)
+
+
+def same_weights(a: DualEncoder, b: DualEncoder) -> bool:
+    """Whether two models hold the same tensors under the same names (wherever they live)."""
+    sa, sb = a.state_dict_model(), b.state_dict_model()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+def result_warnings(original: DualEncoder, unlearned: DualEncoder, diagnostics: Mapping[str, Mapping[str, Any]],
+                    forget_target: float | None = None) -> list[str]:
+    """Why a result is questionable, in words: it is the original model, or no candidate met the forget target."""
+    from clipforget.methods.base import WeightChoice
+
+    target = WeightChoice().forget_target if forget_target is None else forget_target
+    out = []
+    for stage, diag in diagnostics.items():
+        choice = diag.get("choice")
+        if isinstance(choice, Mapping) and isinstance(choice.get("forget_acc"), (int, float)) and choice["forget_acc"] > target:
+            out.append(f"stage {stage}: no candidate reached the forget target (forget accuracy <= {target:g}); the one "
+                       f"that forgets most was taken (forget accuracy {choice['forget_acc']:.3f})")
+    if same_weights(original, unlearned):
+        alpha = diagnostics.get("restore", {}).get("choice", {}).get("alpha")
+        why = (" (the souping chose alpha = 0, the original weights)" if alpha == 0 else
+               " (a training budget of zero, a souping grid offering only the original, or no feasible candidate)")
+        out.append(f"the result is the original model: no weight changed{why}; nothing was forgotten")
+    return out
 
 
 def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

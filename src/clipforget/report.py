@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipforget.io import atomic_write_text
+from clipforget.io import atomic_write_text, atomic_write_with
 
 
 def _fmt(x: Any) -> str:
@@ -64,7 +64,7 @@ def plot_metrics(rows: Mapping[str, Mapping[str, Any]], heldout: Sequence[str], 
     ax.set_title("Forgotten subgroup (target) vs everything kept", pad=24)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -89,7 +89,7 @@ def plot_fisher(scores: Mapping[str, float], selected: Sequence[str], path: Path
     ax.set_title(f"Top {len(items)} layers; red = tuned")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -117,7 +117,7 @@ def plot_alpha(curve: Sequence[Mapping[str, float]], chosen: float | None, path:
     ax.legend(fontsize=8)
     ax.set_title("Restore by souping")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -140,7 +140,7 @@ def write_report(run_dir: str | Path) -> Path:
             "[report.html](report.html).", ""]
     warnings = run_warnings(RunFiles.load(run_dir))
     if warnings:
-        out += ["> **Warnings: read the result with care.**", ">", *(f"> - {w}" for w in warnings), ""]
+        out += ["## Warning: a questionable result", "", *(f"- {w}" for w in warnings), ""]
     out += ["## Zero-shot top-1 accuracy (%)", "", metrics_table(rows, heldout), ""]
     out += [f"Score = 100/(1+K)·[max(0, 1−T/T₀) + Σ min(1, A/A₀)] with K = {1 + len(heldout)} utility columns.", ""]
     plot_metrics(rows, heldout, plots / "metrics.png")

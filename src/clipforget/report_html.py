@@ -137,6 +137,7 @@ def run_warnings(run: RunFiles) -> list[str]:
     """What makes this run's result suspect, one sentence each (empty when nothing does)."""
     out = []
     target = _forget_target()
+    chose_original = False
     for stage, ev in run.events.items():
         choice = ev.get("choice")
         if isinstance(choice, Mapping) and isinstance(choice.get("forget_acc"), (int, float)) and choice["forget_acc"] > target:
@@ -144,12 +145,16 @@ def run_warnings(run: RunFiles) -> list[str]:
             out.append(f"No {what} met the forget constraint (held-out forget-set accuracy ≤ {100 * target:g}%) in stage "
                        f"{stage}: the one that forgets most was kept (forget accuracy {100 * choice['forget_acc']:.1f}%).")
         if ev.get("chose_original") or (stage == "restore" and isinstance(choice, Mapping) and choice.get("alpha") == 0):
+            chose_original = True
             out.append(f"Stage {stage} chose the original weights: the saved model is the model it started from.")
         if "checks" in ev and ev.get("stopped_early") is False:
             final = ev.get("final", {})
             out.append(f"Stage {stage} ran its whole step budget ({ev.get('steps_run')} steps) without reaching its stop "
                        f"target (final forget similarity {_num(final.get('forget_similarity'), 3)}, "
                        f"forget accuracy {_num(100 * final['forget_acc'] if 'forget_acc' in final else None)}%).")
+    if run.metrics.get("weights_changed") is False and not chose_original:  # the run compared the weights
+        out.append("No weight changed (a training budget of zero, or a grid offering only the original): the result is "
+                   "the original model, and nothing was forgotten.")
     o, u = run.metrics["original"]["target"], run.metrics["unlearned"]["target"]
     if u >= o:
         out.append(f"The Target did not fall: {o:.1f}% → {u:.1f}%.")
@@ -355,7 +360,7 @@ def _stages(run: RunFiles) -> list[str]:
             facts.append("resumed from a finished stage")
         out.append(f"<h3>{e(stage)} <span class=muted>({e('; '.join(facts))})</span></h3>")
         groups = curve_groups(ev)
-        if groups or ev.get("checks"):
+        if any(figures.curve_panels(groups, ev.get("checks"))):
             out.append(img(figures.curves_figure(stage, groups, ev.get("checks")), f"loss curves of stage {stage}"))
         if stage == "select" and run.fisher:
             out += _fisher(run)

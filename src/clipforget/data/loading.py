@@ -9,7 +9,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from clipforget.data.sources import ImageLoadError, ImageSource
+from clipforget.data.sources import UNREADABLE_HINT, ImageLoadError, ImageSource
 from clipforget.data.types import Record
 from clipforget.progress import progress
 
@@ -37,7 +37,7 @@ class RecordDataset(Dataset):
         except ImageLoadError:
             raise
         except Exception as e:  # a source-specific failure: still name the image
-            raise ImageLoadError(f"cannot read image {r.key!r} of source {r.source!r}: {e}") from e
+            raise ImageLoadError(f"cannot read image {r.key!r} of source {r.source!r} ({e}); {UNREADABLE_HINT}") from e
         return self.transform(image), index
 
 

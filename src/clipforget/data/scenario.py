@@ -21,9 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from clipforget.config import Config, ConfigError, require
+from clipforget.config import Config, ConfigError, load_yaml, require
 from clipforget.data.presets import resolve_label_space, resolve_templates
 from clipforget.data.sources import Entry, ImageSource, SourceConfig, open_source
 from clipforget.data.types import EvalSet, Record, ScenarioSplits
@@ -316,10 +315,7 @@ def load_scenario_config(spec: str | Path | Mapping[str, Any] | ScenarioConfig) 
         data, base, where = dict(spec), Path.cwd(), "scenario"
     else:
         path = scenario_path(spec)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path))
         require(isinstance(data, Mapping), f"{path}: the top level must be a mapping of fields")
         base, where = path.resolve().parent, path.name
     sources = data.get("sources")

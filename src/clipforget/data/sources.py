@@ -81,6 +81,10 @@ IMAGENETTE = Archive(
 )
 
 
+UNREADABLE_HINT = ("replace it, or remove it from its folder or manifest: clipforget does not skip unreadable images, "
+                   "since the splits (and every result) would then depend on which files happen to read")
+
+
 class ImageLoadError(RuntimeError):
     """An image could not be read; the message names the file."""
 
@@ -167,7 +171,7 @@ def open_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"cannot read image {path}: {e}") from e
+        raise ImageLoadError(f"cannot read image {path} ({e}); {UNREADABLE_HINT}") from e
 
 
 def _is_image(name: str) -> bool:

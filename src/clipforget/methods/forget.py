@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from clipforget.config import Config, require
@@ -37,7 +38,7 @@ class ForgetConfig(Config):
     """The forget stage.
 
     train: optimisation (steps is the budget; check_every is how often the stop rule is checked).
-    delta: stop once the mean forget similarity is below this (the paper's δ). Default -0.5, measured on
+    delta: with target "push", stop once the mean forget similarity is below this (the paper's δ). Default -0.5, measured on
         springer-in-dog (testbed, seed 0): δ = 0 left Target 38%, δ = -0.5 12% (with the holdout),
         δ = -0.8 no better (12%).
     hinge: penalise only similarity above ``delta`` (else the plain mean similarity).
@@ -52,6 +53,16 @@ class ForgetConfig(Config):
         terms alone can be met by moving a few text embeddings; this one can only be met on the image
         side, so other names of the subgroup and text searches no longer find it either.
     image_margin: the cosine to the original embedding below which a forget image no longer counts.
+    target: what the forget images are trained toward. "push": lower their similarity to the forget
+        text(s) (the paper's loss; the stop rule is ``delta``). "project": move each image's embedding to
+        its original with the subgroup's text directions taken out (beyond the paper):
+        ``normalize(e - (1 + overshoot) Q Qᵀ e)``, ``Q`` an orthonormal basis of the forget text, the forget
+        label's class vector and each self-name's (from the text tower as the stage starts: the
+        original's when only image layers are tuned). The image keeps
+        everything else it carried, so the change the image tower must make is the least that takes
+        the subgroup's names off it.
+    overshoot: with "project", how far past orthogonal to push (0: orthogonal to every forget direction;
+        1: the mirror image, negative similarity as large as the original's).
     self_names: also push the forget images off this many names the original model gives them, read
         from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
         forget text in the similarity term and the forget label in the class term. 0: off (5 in
@@ -68,11 +79,20 @@ class ForgetConfig(Config):
     image_margin: float = 0.0
     self_names: int = 0
     vocabulary: str | tuple[str, ...] = "imagenet1k"
+    target: Literal["push", "project"] = "push"
+    overshoot: float = 0.0
+
+    @property
+    def needs_original_embeddings(self) -> bool:
+        """Whether the objective reads the original model's embeddings of the forget images."""
+        return self.image_weight > 0 or self.target == "project"
 
     def __post_init__(self) -> None:
         require(self.class_weight >= 0, f"class_weight must be >= 0, got {self.class_weight}")
         require(self.image_weight >= 0, f"image_weight must be >= 0, got {self.image_weight}")
         require(-1 <= self.image_margin <= 1, f"image_margin is a cosine similarity in [-1, 1], got {self.image_margin}")
+        require(self.target in ("push", "project"), f"target must be 'push' or 'project', got {self.target!r}")
+        require(0 <= self.overshoot <= 1, f"overshoot must be in [0, 1], got {self.overshoot}")
         require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
         require(-1 <= self.delta <= 1, f"delta is a cosine similarity in [-1, 1], got {self.delta}")
         require(self.target_acc is None or 0 <= self.target_acc <= 1, f"target_acc must be in [0, 1], got {self.target_acc}")
@@ -94,9 +114,13 @@ class ForgetObjective:
         with torch.no_grad():
             self._text = encode_texts(model, self.texts)
             self._classifier = build_zero_shot_classifier(model, self.classes, data.templates)
-        if config.image_weight > 0 and original_embeddings is None:
+        if config.needs_original_embeddings and original_embeddings is None:
             original_embeddings = embed_images(model, data.forget_images)
         self._original = original_embeddings
+        self._projected = None
+        if config.target == "project":
+            directions = torch.cat([self._text, self._classifier[:, self.forget_columns].T])
+            self._projected = projected_targets(original_embeddings, directions, config.overshoot)
 
     def __call__(self, index: Tensor) -> dict[str, Tensor]:
         """The loss of the forget images ``data.forget_images[index]``."""
@@ -104,7 +128,11 @@ class ForgetObjective:
         text = encode_texts(model, self.texts) if self.text_trains else self._text
         emb = model.encode_image(data.forget_images[index].to(model.device))
         sim = emb @ text.T  # (B, texts): the forget text, then each name's prompt
-        terms = {"similarity": forget_loss(sim, config.delta, config.hinge)}
+        if self._projected is not None:
+            goal = self._projected[index.to(self._projected.device)].to(emb.device)
+            terms = {"project": (1 - (emb * goal).sum(-1)).mean()}
+        else:
+            terms = {"similarity": forget_loss(sim, config.delta, config.hinge)}
         if config.image_weight > 0:
             own = (emb * self._original[index.to(self._original.device)].to(emb.device)).sum(-1)
             terms["image"] = config.image_weight * torch.relu(own - config.image_margin).mean()
@@ -113,6 +141,14 @@ class ForgetObjective:
             logits = model.logit_scale.detach() * emb @ classifier.to(emb.dtype)
             terms["class"] = config.class_weight * forget_class_loss(logits, self.forget_columns)
         return {"loss": sum(terms.values()), "mean_similarity": sim[:, 0].mean().detach(), **{k: v.detach() for k, v in terms.items()}}
+
+
+def projected_targets(embeddings: Tensor, directions: Tensor, overshoot: float = 0.0) -> Tensor:
+    """``normalize(e - (1 + overshoot) Q Qᵀ e)`` for each row ``e`` of ``embeddings``; ``Q`` spans ``directions``."""
+    u, s, _ = torch.linalg.svd(directions.float().T, full_matrices=False)
+    q = u[:, s > 1e-4 * s[0]]  # drop directions the others already span
+    e = embeddings.float()
+    return F.normalize(e - (1 + overshoot) * (e @ q) @ q.T, dim=-1).to(embeddings.dtype)
 
 
 def forget_stage(
@@ -154,7 +190,7 @@ def forget_stage(
         checks["step"].append(step)
         for k, v in progress.items():
             checks[k].append(v)
-        return progress["forget_similarity"] < config.delta or (
+        return (config.target == "push" and progress["forget_similarity"] < config.delta) or (
             config.target_acc is not None and progress["forget_acc"] <= config.target_acc
         )
 

@@ -109,7 +109,7 @@ def remind_stage(
     fixed_classifier = None if tunes_text(student, param_names) else build_zero_shot_classifier(student, data.classnames, data.templates)
     batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
     forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
-    original = embed_images(teacher, data.forget_images) if forget.image_weight > 0 else None  # for the image term only
+    original = embed_images(teacher, data.forget_images) if forget.needs_original_embeddings else None
     forget_objective = ForgetObjective(student, data, forget, param_names, original, forget_names)
 
     def loss_fn(step: int) -> dict[str, Tensor]:

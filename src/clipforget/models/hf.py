@@ -18,6 +18,7 @@ from torchvision import transforms as T
 
 from clipforget.io import apply_umask, atomic_write_dir
 from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, normalize
+from clipforget.models.checkpoint import check_checkpoint, check_checkpoint_dir, describe_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,23 @@ class HFClipModel(DualEncoder):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
         source, revision = _resolve_source(spec)
-        model, info = CLIPModel.from_pretrained(source, revision=revision, output_loading_info=True)
-        _check_loading_info(info, source)
+        local = revision is None and Path(source).is_dir()
+        if local:
+            check_checkpoint_dir(source)
+        try:
+            model, info = CLIPModel.from_pretrained(source, revision=revision, output_loading_info=True)
+            _check_loading_info(info, source)
+        except OSError as e:
+            if local:
+                raise ValueError(f"Hugging Face model folder {source} cannot be loaded: {e}") from None
+            raise ValueError(f"the Hugging Face model {source!r} could not be downloaded (no connection, and it is not in "
+                             "the Hugging Face cache): download it once where there is a connection, or pass a local "
+                             "folder written by save_pretrained as hf:/path/to/folder") from None
+        except (RuntimeError, ValueError) as e:
+            if not local:
+                raise
+            raise ValueError(f"the weights in {source} do not fit its {CONFIG_FILE} (CLIPModel): they look like "
+                             f"{_describe_folder(Path(source))} ({str(e).splitlines()[0][:200]})") from None
         model = model.float().eval()  # some hub checkpoints are stored in half precision
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         image_processor = AutoImageProcessor.from_pretrained(source, revision=revision)
@@ -115,6 +131,12 @@ def _resolve_source(spec: ModelSpec) -> tuple[str, str | None]:
             "expected a folder written by save_pretrained (config, weights, tokenizer, preprocessor)"
         )
     return str(path), None
+
+
+def _describe_folder(folder: Path) -> str:
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    shapes = {k: v for f in files for k, v in check_checkpoint(f).items()}
+    return describe_checkpoint(shapes)
 
 
 def _check_loading_info(info: dict, source: str) -> None:

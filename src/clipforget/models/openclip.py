@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import Tensor
 
 from clipforget.io import atomic_save_safetensors, atomic_write_json
+from clipforget.models.checkpoint import PICKLE_SUFFIXES, check_checkpoint, describe_checkpoint
 from clipforget.models.base import (
     DualEncoder,
     ImageStage,
@@ -21,8 +25,30 @@ from clipforget.models.base import (
     normalize,
 )
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
+# Unpickle nothing but tensors, also where open_clip's own default differs (older versions lack the flag).
+_WEIGHTS_ONLY = {"weights_only": True} if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters else {}
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_errors():
+    """open_clip logs an error itself before raising; the exception, reworded, is the one message."""
+
+    def to_debug(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "open_clip" in record.pathname:
+            log.debug("open_clip: %s", record.getMessage())
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(to_debug)
+    try:
+        yield
+    finally:
+        root.removeFilter(to_debug)
 
 
 class OpenClipModel(DualEncoder):
@@ -37,23 +63,44 @@ class OpenClipModel(DualEncoder):
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> OpenClipModel:
         """``name@tag``, ``name@/file``, or a folder saved by :meth:`save`: ``local-dir:/folder``."""
-        model_cfg = open_clip.get_model_config(spec.name)
         if spec.name.startswith("local-dir:"):
             folder = Path(spec.name.partition(":")[2])
             if not (folder / CONFIG_FILE).is_file():
                 raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}; give a folder written by clipforget or open_clip")
             model_cfg = json.loads((folder / CONFIG_FILE).read_text())["model_cfg"]
-        elif not spec.name.startswith("hf-hub:") and model_cfg is None:
+        else:
+            model_cfg = open_clip.get_model_config(spec.name)
+        if not spec.name.startswith(("hf-hub:", "local-dir:")) and model_cfg is None:
             raise ValueError(
                 f"unknown open_clip architecture {spec.name!r}; pick one of open_clip.list_models() "
                 f"(e.g. RN50, ViT-B-32), a saved folder as local-dir:/path, or register a config with "
                 f"open_clip.add_model_config"
             )
         weights = spec.weights
-        if weights is not None and ("/" in weights or weights.endswith((".safetensors", ".pt", ".pth", ".bin"))):
-            if not Path(weights).is_file():
-                raise FileNotFoundError(f"open_clip checkpoint {weights!r} does not exist; give a local file or a pretrained tag")
-        model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=weights)
+        is_file = weights is not None and ("/" in weights or weights.endswith((".safetensors", *PICKLE_SUFFIXES)))
+        checkpoint = Path(weights) if is_file else None
+        if spec.name.startswith("local-dir:"):
+            checkpoint = Path(spec.name.partition(":")[2]) / WEIGHTS_FILE
+        if is_file and not checkpoint.is_file():
+            raise FileNotFoundError(f"open_clip checkpoint {weights!r} does not exist; give a local file or a pretrained tag")
+        shapes = check_checkpoint(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+        try:
+            with _quiet_open_clip_errors():
+                model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=weights, **_WEIGHTS_ONLY)
+        except (AssertionError, RuntimeError, KeyError, ValueError) as e:
+            if shapes is not None:
+                arch = (f"the architecture in its {CONFIG_FILE}" if spec.name.startswith("local-dir:")
+                        else f"the open_clip architecture {spec.name}")
+                raise ValueError(f"checkpoint {checkpoint} does not fit {arch}: it looks like "
+                                 f"{describe_checkpoint(shapes)}; give the architecture it was saved from "
+                                 f"(openclip:<arch>@{checkpoint})") from None
+            if weights is not None and "download" in str(e).lower():
+                raise ValueError(f"the open_clip weights {weights!r} of {spec.name} could not be downloaded (no connection, "
+                                 f"and they are not in the Hugging Face cache): download them once where there is a "
+                                 f"connection, or pass a local file as openclip:{spec.name}@/path/to/weights.safetensors") from None
+            if weights is not None and isinstance(e, RuntimeError):
+                raise ValueError(str(e)) from None  # open_clip's own message names the known tags
+            raise
         model.eval()
         out = cls(model, spec, preprocess, open_clip.get_tokenizer(spec.name))
         out._model_cfg = model_cfg

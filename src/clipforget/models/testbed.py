@@ -43,6 +43,7 @@ from clipforget.models.base import (
     TextBatch,
     normalize,
 )
+from clipforget.models.checkpoint import check_checkpoint, check_checkpoint_dir, describe_checkpoint, read_state
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def load_package_image_tower(with_classifier: bool = False) -> tuple[nn.Module, 
     import timm
 
     full = timm.create_model(IMAGE_ARCH, pretrained=False)
-    source = torch.load(package_image_weights_path(), map_location="cpu", weights_only=True)
+    source = read_state(package_image_weights_path())
     mapped = map_efficientnet_keys(source, full.state_dict())
     full.load_state_dict(mapped, strict=True)
     classifier = {"weight": mapped["classifier.weight"].clone(), "bias": mapped["classifier.bias"].clone()}
@@ -286,8 +287,15 @@ class TestbedModel(DualEncoder):
         if not (has_image and has_text):
             raise FileNotFoundError(f"{directory}: a saved testbed needs both {IMAGE_TOWER_FILE} and {TEXT_TOWER_DIR}/")
         config = TestbedConfig.from_json(directory / CONFIG_FILE)
+        check_checkpoint_dir(directory)
         image_tower = timm.create_model(config.image_arch, pretrained=False, num_classes=0)
-        image_tower.load_state_dict(load_file(directory / IMAGE_TOWER_FILE), strict=True)
+        state = load_file(directory / IMAGE_TOWER_FILE)
+        try:
+            image_tower.load_state_dict(state, strict=True)
+        except RuntimeError:
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            raise ValueError(f"{directory / IMAGE_TOWER_FILE} does not fit the image tower {config.image_arch} named in "
+                             f"{CONFIG_FILE}: it looks like {describe_checkpoint(shapes)}") from None
         text_tower, tokenizer = _load_text(directory / TEXT_TOWER_DIR)
         net = TestbedNet(image_tower, text_tower, config)
         net.load_state_dict(load_heads(directory, config), strict=False)
@@ -382,6 +390,7 @@ def load_heads(directory: Path, config: TestbedConfig) -> dict[str, Tensor]:
                 f"got {actual}; the file is corrupt or was replaced without updating {CONFIG_FILE} "
                 f"(re-run clipforget.testbed.pretrain or restore the file)"
             )
+    check_checkpoint(path)
     heads = load_file(path)
     expected = {"image_head.weight", "image_head.bias", "text_head.weight", "text_head.bias", "logit_scale"}
     if set(heads) != expected:
