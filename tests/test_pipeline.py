@@ -19,6 +19,7 @@ from clipforget.config import ConfigError
 from clipforget.methods import get_method
 from clipforget.models import load_model
 from clipforget.pipeline import run_forget
+from clipforget.rundir import ResumeError
 
 SMOKE = get_method("ours").smoke_config()
 AUDIT = AuditConfig(templates=("a photo of a {}.", "itap of a {}."), relearn_steps=(1, 2))  # seconds on tiny models
@@ -190,6 +191,25 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
     assert (full.target, full.retain, full.heldout) == (result.unlearned.target, result.unlearned.retain,
                                                          result.unlearned.heldout)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_prefix"] == "visual.layer4"
+
+
+def test_a_finished_bench_cell_of_an_edited_scenario_is_refused_then_redone_on_restart(saved_rn, tmp_path):
+    scenario = build_tiny_scenario(tmp_path / "scenario")
+    out, kwargs = tmp_path / "bench", dict(methods=["ours"], seeds=[0], configs={"ours": SMOKE}, audit=False)
+    run_bench(saved_rn, [str(scenario)], out=out, **kwargs)
+    (metrics,) = out.glob("runs/*/ours/seed0/metrics.json")
+    before = metrics.stat().st_mtime_ns
+    run_bench(saved_rn, [str(scenario)], out=out, **kwargs)
+    assert metrics.stat().st_mtime_ns == before, "a cell finished under the same key is kept"
+    edited = yaml.safe_load(scenario.read_text())
+    edited["templates"] = ["a photo of the {}."]
+    scenario.write_text(yaml.safe_dump(edited, sort_keys=False))
+    with pytest.raises(ResumeError, match="finished a different run: it differs in .*the scenario"):
+        run_bench(saved_rn, [str(scenario)], out=out, **kwargs)
+    assert metrics.stat().st_mtime_ns == before, "a refused bench changes nothing"
+    run_bench(saved_rn, [str(scenario)], out=out, restart=True, **kwargs)
+    assert metrics.stat().st_mtime_ns != before
+    assert yaml.safe_load((metrics.parent / "scenario.yaml").read_text())["templates"] == ["a photo of the {}."]
 
 
 def test_bench_runs_config_variants_as_their_own_rows(saved_rn, scenario, tmp_path):

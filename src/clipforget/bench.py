@@ -4,7 +4,9 @@ Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory p
 by :func:`clipforget.pipeline.run_method`, plus ``bench.json`` naming the cell), ``results.csv``,
 ``results.json``, ``table.md`` and ``report.html``. Folder names carry no shell glob or quoting
 characters: a variant ``ours[use_lora=false,select.top_k=4]`` lives in ``ours+use_lora=false+select.top_k=4``.
-A finished cell (its ``run.json`` says so) is never redone, so a killed benchmark resumes.
+A finished cell (its ``run.json`` says so) whose resume key is this run's is never redone, so a killed
+benchmark resumes; one that finished under another key (an edited scenario, other weights, another
+config) is refused, or redone with ``restart``.
 Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` columns).
 """
 
@@ -103,8 +105,8 @@ def run_bench(
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
     ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
-    ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` restarts unfinished cells whose stored
-    stages belong to another run.
+    ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` redoes the cells whose stored stages
+    or results belong to another run (else such a cell is refused).
     """
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
@@ -113,9 +115,10 @@ def run_bench(
         prepare,
         resolve_audit_config,
         resolve_method_config,
+        run_config,
         run_method,
     )
-    from clipforget.rundir import check_output_dir, open_bench_dir
+    from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, describe_key_change, open_bench_dir, same_key, stored_key
 
     audit = resolve_audit_config(audit)
 
@@ -135,11 +138,26 @@ def run_bench(
     with open_bench_dir(out):
         for scenario in scenarios:
             name = load_scenario_config(scenario).name
-            todo = [(m, s) for m in methods for s in seeds if not _finished(cell_dir(out, name, m, s))]
-            if not todo:
-                log.info("%s: every cell already finished", name)
-                continue
             prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+            todo = []
+            for m, s in ((m, s) for m in methods for s in seeds):
+                cell = cell_dir(out, name, m, s)
+                if _finished(cell):
+                    key = prepared.resume_key(run_config(prepared, method=variants[m][0], config=resolved[m], seed=s,
+                                                         device=device, image_prefix=image_prefix))
+                    stored = stored_key(cell)
+                    if stored is None:
+                        log.warning("bench cell %s was written before resume keys: kept without checking it", cell)
+                    elif not same_key(stored, key):
+                        if not restart:
+                            raise ResumeError(f"bench cell {cell} finished a different run: "
+                                              f"{describe_key_change(stored, key)}; {RESTART_HINT}")
+                        todo.append((m, s))
+                    continue
+                todo.append((m, s))
+            if not todo:
+                log.info("%s: every cell already finished, each for this run's key", name)
+                continue
             for i, (m, s) in enumerate(todo, 1):
                 log.info("bench cell %d/%d: %s / %s / seed %d", i, len(todo), name, m, s)
                 cell = cell_dir(out, name, m, s)

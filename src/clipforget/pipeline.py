@@ -336,6 +336,15 @@ def run_forget(
                       batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)
 
 
+def run_config(prepared: Prepared, *, method: str, config: Config, seed: int, device: str,
+               image_prefix: str | None = "auto") -> dict[str, Any]:
+    """The resolved config of one run (``config.yaml``; with the prepared digests, its resume key)."""
+    if image_prefix == "auto":
+        image_prefix = prepared.model.default_image_prefix
+    return {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
+            "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
+
+
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
                device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto",
                audit: AuditSetting = True, save_model: bool = True, restart: bool = False) -> ForgetResult:
@@ -351,10 +360,8 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     """
     audit_cfg = resolve_audit_config(audit)
     out = Path(out)
-    if image_prefix == "auto":
-        image_prefix = prepared.model.default_image_prefix
-    resolved = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
-                "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
+    resolved = run_config(prepared, method=method, config=config, seed=seed, device=device, image_prefix=image_prefix)
+    image_prefix = resolved["image_prefix"]
     key = prepared.resume_key(resolved)
     with open_run_dir(out, key, model_ids=[prepared.model_id], restart=restart):
         DiskStore(out / "stages").verify()

@@ -100,6 +100,17 @@ def _marker(out: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def stored_key(out: str | Path) -> dict[str, Any] | None:
+    """The resume key a run directory's marker holds (None: no marker, or none recorded)."""
+    marker = _marker(Path(out))
+    return marker.get("key") if marker else None
+
+
+def same_key(stored: Mapping[str, Any] | None, key: Mapping[str, Any]) -> bool:
+    """Whether a stored (JSON-read) resume key is ``key``."""
+    return stored == json.loads(json.dumps(dict(key)))
+
+
 def _legacy(out: Path, kind: str) -> bool:
     """A directory an older clipforget (before the marker) wrote: a run's run.json, or a bench's outputs only."""
     if kind == "bench":
