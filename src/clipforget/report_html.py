@@ -147,7 +147,7 @@ def run_warnings(run: RunFiles) -> list[str]:
         if ev.get("chose_original") or (stage == "restore" and isinstance(choice, Mapping) and choice.get("alpha") == 0):
             chose_original = True
             out.append(f"Stage {stage} chose the original weights: the saved model is the model it started from.")
-        if "checks" in ev and ev.get("stopped_early") is False:
+        if "checks" in ev and ev.get("stopped_early") is False and ev.get("stop_target", True):
             final = ev.get("final", {})
             out.append(f"Stage {stage} ran its whole step budget ({ev.get('steps_run')} steps) without reaching its stop "
                        f"target (final forget similarity {_num(final.get('forget_similarity'), 3)}, "

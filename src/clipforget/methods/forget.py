@@ -199,4 +199,5 @@ def forget_stage(
     final = forget_progress(model, data)
     if anchor is not None:
         final["anchor_drift"] = anchor.drift(model)
-    return {**train_log.to_dict(), "checks": checks, "final": final}
+    has_target = config.target == "push" or config.target_acc is not None  # "project" alone runs its budget
+    return {**train_log.to_dict(), "checks": checks, "final": final, "stop_target": has_target}
