@@ -26,13 +26,16 @@ from clipforget.methods.fisher import (
 from clipforget.methods.forget import (
     ForgetConfig,
     ForgetObjective,
+    closed_form_edit,
+    forget_directions,
     forget_progress,
     forget_stage,
     projected_targets,
 )
 from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
 from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
-from clipforget.models import DualEncoder, load_model
+from clipforget.models import DualEncoder, load_model, projection_inputs
+from clipforget.models.prefix import FrozenImagePrefix
 
 
 def make_data(seed: int = 0, n: int = 6, size: int = 32) -> UnlearnData:
@@ -181,6 +184,69 @@ def test_the_projection_target_takes_the_forget_text_off_the_images_through_the_
     assert off_text() < start
     with pytest.raises(ValueError, match="target"):
         ForgetConfig(target="pull")
+
+
+def test_projection_inputs_reproduce_the_image_outputs_through_the_named_projection(model):
+    proj = model.image_projection()
+    assert proj is not None, f"{model.backend} exposes no image projection"
+    images = make_data().forget_images
+    params = dict(model.model.named_parameters())
+    w = params[proj.weight].detach()
+    w = w.T if proj.transposed else w
+    b = params[proj.bias].detach() if proj.bias else 0.0
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    features = projection_inputs(model, images, batch_size=4)
+    assert features.shape == (len(images), w.shape[1])
+    with torch.no_grad():
+        assert torch.allclose(features @ w.T + b, model.image_outputs(images), atol=1e-5)
+    assert not changed_keys(before, model.model.state_dict())  # the identity swap is undone
+    stages = model.image_stages()
+    if stages:  # a frozen-prefix view reads the same inputs from its activations
+        view = FrozenImagePrefix(model, stages[-1].name)
+        assert torch.allclose(projection_inputs(view, view.prefix(images)), features, atol=1e-5)
+
+
+def test_the_closed_form_edit_changes_only_the_projection_and_takes_the_forget_directions_off(model):
+    data = make_data(n=8)
+    config = ForgetConfig(target="project", solver="closed_form", overshoot=0.0, ridge=1e-6, retain_weight=0.0)
+    q = torch.linalg.svd(forget_directions(model, data).T.double(), full_matrices=False)[0]
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+
+    def along(images) -> float:  # share of the output norm inside the forget directions
+        with torch.no_grad():
+            z = model.image_outputs(images).double()
+        return float(((z @ q).norm(dim=-1) / z.norm(dim=-1)).mean())
+
+    start = along(data.forget_images)
+    info = closed_form_edit(model, data, config)
+    proj = model.image_projection()
+    assert changed_keys(before, model.model.state_dict()) == {p for p in (proj.weight, proj.bias) if p}
+    assert start > 0.05 and along(data.forget_images) < 0.05 * start  # with no ridge the targets are met
+    assert info["edit_norm"] > 0
+    assert abs(info["final"]["forget_similarity"]) < 0.05 * abs(info["before"]["forget_similarity"])  # orthogonal
+
+
+def test_the_retain_weight_keeps_retain_outputs_in_place(model):
+    data = make_data(n=8)
+    with torch.no_grad():
+        retain0 = model.image_outputs(data.retain_images).clone()
+
+    def retain_drift(weight: float) -> float:
+        edited = clone_model(model)
+        closed_form_edit(edited, data, ForgetConfig(target="project", solver="closed_form", retain_weight=weight, ridge=1e-3))
+        with torch.no_grad():
+            return float((edited.image_outputs(data.retain_images) - retain0).norm() / retain0.norm())
+
+    assert retain_drift(100.0) < 0.5 * retain_drift(0.0)
+
+
+def test_closed_form_settings_are_checked():
+    with pytest.raises(ValueError, match="target: project"):
+        ForgetConfig(solver="closed_form")
+    with pytest.raises(ValueError, match="ridge"):
+        ForgetConfig(target="project", solver="closed_form", ridge=0)
+    with pytest.raises(ValueError, match="solver"):
+        ForgetConfig(target="project", solver="lstsq")
 
 
 def test_forget_class_loss_is_bounded_and_vanishes_off_the_label():

@@ -1,4 +1,5 @@
-"""Stage 1, forget: tune only the selected layers to push forget images away from the forget text.
+"""Stage 1, forget: tune only the selected layers to push forget images away from the forget text
+(or, with ``solver="closed_form"``, edit the image projection in one least-squares solve).
 
 Stops when the mean forget similarity falls below ``delta``, or the forget images' zero-shot
 accuracy reaches ``target_acc``, else at the step budget. Training runs in eval mode so BatchNorm
@@ -29,7 +30,7 @@ from clipforget.methods.losses import (
     tunes_text,
 )
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
-from clipforget.models.base import DualEncoder
+from clipforget.models.base import DualEncoder, projection_inputs
 from clipforget.zeroshot import build_zero_shot_classifier
 
 
@@ -63,6 +64,14 @@ class ForgetConfig(Config):
         the subgroup's names off it.
     overshoot: with "project", how far past orthogonal to push (0: orthogonal to every forget direction;
         1: the mirror image, negative similarity as large as the original's).
+    solver: "gradient" (train the selected layers for ``train.steps``) or "closed_form" (with target
+        "project" only; beyond the paper): edit the image tower's last linear map
+        (:meth:`clipforget.models.base.DualEncoder.image_projection`) in one regularised least-squares
+        solve, see :func:`closed_form_edit`. The selected layers are then left to the later stages.
+    retain_weight: with "closed_form", the weight of keeping each retain image's output where it was,
+        relative to moving each forget image's (per image).
+    ridge: with "closed_form", the penalty on the edit's size, relative to the forget inputs' mean
+        square (larger: a smaller edit that reaches fewer unseen images).
     self_names: also push the forget images off this many names the original model gives them, read
         from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
         forget text in the similarity term and the forget label in the class term. 0: off (5 in
@@ -81,6 +90,9 @@ class ForgetConfig(Config):
     vocabulary: str | tuple[str, ...] = "imagenet1k"
     target: Literal["push", "project"] = "push"
     overshoot: float = 0.0
+    solver: Literal["gradient", "closed_form"] = "gradient"
+    retain_weight: float = 1.0
+    ridge: float = 1.0
 
     @property
     def needs_original_embeddings(self) -> bool:
@@ -93,6 +105,11 @@ class ForgetConfig(Config):
         require(-1 <= self.image_margin <= 1, f"image_margin is a cosine similarity in [-1, 1], got {self.image_margin}")
         require(self.target in ("push", "project"), f"target must be 'push' or 'project', got {self.target!r}")
         require(0 <= self.overshoot <= 1, f"overshoot must be in [0, 1], got {self.overshoot}")
+        require(self.solver in ("gradient", "closed_form"), f"solver must be 'gradient' or 'closed_form', got {self.solver!r}")
+        require(self.solver == "gradient" or self.target == "project",
+                f"solver 'closed_form' solves for the projection target; set target: project (got {self.target!r})")
+        require(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
+        require(self.ridge > 0, f"ridge must be > 0, got {self.ridge}")
         require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
         require(-1 <= self.delta <= 1, f"delta is a cosine similarity in [-1, 1], got {self.delta}")
         require(self.target_acc is None or 0 <= self.target_acc <= 1, f"target_acc must be in [0, 1], got {self.target_acc}")
@@ -143,10 +160,65 @@ class ForgetObjective:
         return {"loss": sum(terms.values()), "mean_similarity": sim[:, 0].mean().detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
+@torch.no_grad()
+def forget_directions(model: DualEncoder, data: UnlearnData, forget_names: Sequence[str] = ()) -> Tensor:
+    """The subgroup's text directions (rows): the forget text and each name's prompt, then the forget
+    label's and each name's zero-shot class vector over the scenario's templates."""
+    texts = [data.forget_text, *(data.templates[0].format(n) for n in forget_names)]
+    classifier = build_zero_shot_classifier(model, [*data.classnames, *forget_names], data.templates)
+    columns = [data.forget_label, *range(len(data.classnames), len(data.classnames) + len(forget_names))]
+    return torch.cat([encode_texts(model, texts), classifier[:, columns].T])
+
+
+@torch.no_grad()
+def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forget_names: Sequence[str] = ()) -> dict[str, Any]:
+    """Edit ``model``'s image projection (in place) so that each forget image lands on its projection target.
+
+    With ``f`` the projection's inputs and ``z = W f + b`` its outputs, the edit ``ΔW`` minimises
+    ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²`` where ``g = −(1 + overshoot) Q Qᵀ z``
+    takes the subgroup's text directions ``Q`` out of each forget output (:func:`projected_targets`),
+    ``m`` is the retain inputs' mean (folded into the bias; 0 when the projection has no bias), ``λ`` is
+    ``retain_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and ``n = |D_f|``. The change
+    reaches an unseen image only through the part of its features that resembles the forget images'
+    and not the retain images'; it moves outputs only within the span of ``Q``.
+    """
+    proj = model.image_projection()
+    if proj is None:
+        raise ValueError(f"forget.solver=closed_form edits the image projection, which the {model.backend} backend "
+                         "does not expose; use forget.solver=gradient")
+    params = dict(model.model.named_parameters())
+    weight = params[proj.weight]
+    w = (weight.T if proj.transposed else weight).detach().double().cpu()
+    b = params[proj.bias].detach().double().cpu() if proj.bias else torch.zeros(w.shape[0], dtype=torch.float64)
+    x = projection_inputs(model, data.forget_images).double()
+    r = projection_inputs(model, data.retain_images).double()
+    q = _basis(forget_directions(model, data, forget_names).double().cpu())
+    z = x @ w.T + b
+    goal = -(1 + config.overshoot) * (z @ q) @ q.T
+    mean = r.mean(0) if proj.bias else torch.zeros(x.shape[1], dtype=torch.float64)
+    xc, rc = x - mean, r - mean
+    n, dim = xc.shape
+    scale = float((xc**2).sum()) / (n * dim)
+    a = xc.T @ xc + config.retain_weight * (n / len(rc)) * rc.T @ rc + config.ridge * scale * n * torch.eye(dim, dtype=torch.float64)
+    delta = torch.linalg.solve(a, xc.T @ goal).T  # (out, in)
+    before = forget_progress(model, data)
+    weight.add_((delta.T if proj.transposed else delta).to(weight))
+    if proj.bias:
+        params[proj.bias].sub_((delta @ mean).to(weight))
+    return {"solver": "closed_form", "parameters": [p for p in (proj.weight, proj.bias) if p],
+            "edit_norm": float(delta.norm() / w.norm()), "directions": int(q.shape[1]),
+            "before": before, "final": forget_progress(model, data), "stop_target": False}
+
+
+def _basis(directions: Tensor) -> Tensor:
+    """An orthonormal basis (columns) of the rows of ``directions``, dropping near-dependent ones."""
+    u, s, _ = torch.linalg.svd(directions.T, full_matrices=False)
+    return u[:, s > 1e-4 * s[0]]
+
+
 def projected_targets(embeddings: Tensor, directions: Tensor, overshoot: float = 0.0) -> Tensor:
     """``normalize(e - (1 + overshoot) Q Qᵀ e)`` for each row ``e`` of ``embeddings``; ``Q`` spans ``directions``."""
-    u, s, _ = torch.linalg.svd(directions.float().T, full_matrices=False)
-    q = u[:, s > 1e-4 * s[0]]  # drop directions the others already span
+    q = _basis(directions.float())
     e = embeddings.float()
     return F.normalize(e - (1 + overshoot) * (e @ q) @ q.T, dim=-1).to(embeddings.dtype)
 

@@ -29,7 +29,7 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import ForgetConfig, forget_stage
+from clipforget.methods.forget import ForgetConfig, closed_form_edit, forget_stage
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.remind import DistillConfig, remind_stage
@@ -164,6 +164,10 @@ class Ours(Method):
             return TextAnchor(teacher, data, config.anchor, stage_generator(seed, f"anchor-{stage}"))
 
         def forget() -> tuple[dict[str, Any], StateDict]:
+            if config.forget.solver == "closed_form":
+                info = closed_form_edit(student, data, config.forget, forget_names)
+                log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
+                return info, _state_of(student, params, original)
             g = stage_generator(seed, "forget")
             info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora,
                                 anchor=anchor("forget"), forget_names=forget_names)

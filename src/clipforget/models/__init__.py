@@ -9,9 +9,11 @@ import torch
 from clipforget.models.base import (
     TOWERS,
     DualEncoder,
+    ImageProjection,
     ModelSpec,
     TextBatch,
     Tower,
+    projection_inputs,
     to_device,
 )
 
@@ -78,5 +80,5 @@ def load_model(model_id: str, device: str = "cpu") -> DualEncoder:
     return _BACKENDS[spec.backend](spec).to(device).eval()
 
 
-__all__ = ["DualEncoder", "ModelSpec", "TextBatch", "Tower", "TOWERS", "check_device", "load_model", "register_backend",
-           "to_device"]
+__all__ = ["DualEncoder", "ImageProjection", "ModelSpec", "TextBatch", "Tower", "TOWERS", "check_device", "load_model",
+           "projection_inputs", "register_backend", "to_device"]

@@ -68,6 +68,19 @@ class ImageStage:
         return any(param_name.startswith(m + ".") for m in self.modules)
 
 
+@dataclass(frozen=True)
+class ImageProjection:
+    """The image tower's last linear map: ``image_outputs(x) = f(x) @ W.T + b``, ``f(x)`` its input.
+
+    ``weight`` and ``bias`` name parameters of the backend model (``bias`` None when it has none);
+    ``transposed``: the stored weight is ``W.T``, shape (in, out) (open_clip's ``visual.proj``).
+    """
+
+    weight: str
+    bias: str | None = None
+    transposed: bool = False
+
+
 class DualEncoder(nn.Module, abc.ABC):
     """A CLIP-style dual encoder behind one small protocol.
 
@@ -163,6 +176,14 @@ class DualEncoder(nn.Module, abc.ABC):
         """
         return None
 
+    def image_projection(self) -> ImageProjection | None:
+        """Optional: the image tower's last linear map, with :meth:`image_outputs` (None: not exposed)."""
+        return None
+
+    def image_outputs(self, images: Tensor) -> Tensor:
+        """The image embeddings before L2 normalisation (backends that expose :meth:`image_projection`)."""
+        raise ValueError(f"the {self.backend} backend does not expose its image projection")
+
     def similarity(self, images: Tensor, text: TextBatch) -> Tensor:
         """Cosine similarity matrix (B_img, B_txt) between images and texts."""
         return self.encode_image(images) @ self.encode_text(text).T
@@ -170,6 +191,29 @@ class DualEncoder(nn.Module, abc.ABC):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+@torch.no_grad()
+def projection_inputs(model: DualEncoder, images: Tensor, batch_size: int = 64) -> Tensor:
+    """The input ``f(x)`` of ``model``'s image projection for each image (on the CPU): the tower run with
+    the projection set to the identity (bias zero) for the length of the call."""
+    proj = model.image_projection()
+    if proj is None:
+        raise ValueError(f"the {model.backend} backend does not expose its image projection")
+    params = dict(model.model.named_parameters())
+    weight = params[proj.weight]
+    saved = {proj.weight: weight.data}
+    width = weight.shape[0] if proj.transposed else weight.shape[1]
+    weight.data = torch.eye(width, dtype=weight.dtype, device=weight.device)
+    if proj.bias is not None:
+        saved[proj.bias] = params[proj.bias].data
+        params[proj.bias].data = torch.zeros(width, dtype=weight.dtype, device=weight.device)
+    try:
+        return torch.cat([model.image_outputs(images[i : i + batch_size].to(model.device)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
+    finally:
+        for name, data in saved.items():
+            params[name].data = data
 
 
 def to_device(batch: TextBatch, device: torch.device | str) -> TextBatch:

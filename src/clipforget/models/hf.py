@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision import transforms as T
 
 from clipforget.io import apply_umask, atomic_write_dir
-from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, normalize
+from clipforget.models.base import DualEncoder, ImageProjection, ModelSpec, TextBatch, normalize
 from clipforget.models.checkpoint import check_checkpoint, check_checkpoint_dir, describe_checkpoint
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,13 @@ class HFClipModel(DualEncoder):
         return cls(model, spec, image_transform(image_processor), tokenizer, image_processor)
 
     def encode_image(self, images: Tensor) -> Tensor:
-        return normalize(_pooled(self.model.get_image_features(pixel_values=images)))
+        return normalize(self.image_outputs(images))
+
+    def image_projection(self) -> ImageProjection | None:
+        return ImageProjection("visual_projection.weight", None)
+
+    def image_outputs(self, images: Tensor) -> Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=images))
 
     def encode_text(self, text: TextBatch) -> Tensor:
         out = self.model.get_text_features(input_ids=text["input_ids"], attention_mask=text.get("attention_mask"))

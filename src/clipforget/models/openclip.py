@@ -18,6 +18,7 @@ from clipforget.io import atomic_save_safetensors, atomic_write_json
 from clipforget.models.checkpoint import PICKLE_SUFFIXES, check_checkpoint, describe_checkpoint
 from clipforget.models.base import (
     DualEncoder,
+    ImageProjection,
     ImageStage,
     ModelSpec,
     TextBatch,
@@ -124,6 +125,18 @@ class OpenClipModel(DualEncoder):
 
     def encode_image(self, images: Tensor) -> Tensor:
         return normalize(self.model.encode_image(images))
+
+    def image_projection(self) -> ImageProjection | None:
+        """The attention pool's output projection (ResNet) or ``visual.proj`` (ViT)."""
+        visual = self.model.visual
+        if isinstance(visual, ModifiedResNet):
+            return ImageProjection("visual.attnpool.c_proj.weight", "visual.attnpool.c_proj.bias")
+        if isinstance(getattr(visual, "proj", None), torch.nn.Parameter):
+            return ImageProjection("visual.proj", None, transposed=True)
+        return None
+
+    def image_outputs(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
 
     def encode_text(self, text: TextBatch) -> Tensor:
         return normalize(self.model.encode_text(text["input_ids"]))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clipforget.models.base import DualEncoder, TextBatch, Tower, normalize
+from clipforget.models.base import DualEncoder, ImageProjection, TextBatch, Tower, normalize
 from clipforget.progress import progress
 
 
@@ -52,10 +52,16 @@ class FrozenImagePrefix(DualEncoder):
         return torch.cat(out)
 
     def encode_image(self, images: Tensor) -> Tensor:
+        return normalize(self.image_outputs(images))
+
+    def image_projection(self) -> ImageProjection | None:
+        return self.inner.image_projection()
+
+    def image_outputs(self, images: Tensor) -> Tensor:
         x = images
         for stage in self._stages()[self.start :]:
             x = stage.fn(x)
-        return normalize(x)
+        return x
 
     def encode_text(self, text: TextBatch) -> Tensor:
         return self.inner.encode_text(text)

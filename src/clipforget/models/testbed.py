@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from clipforget.io import apply_umask, atomic_save_safetensors, atomic_write_json, make_temp_dir
 from clipforget.models.base import (
     DualEncoder,
+    ImageProjection,
     ImageStage,
     ModelSpec,
     TextBatch,
@@ -303,7 +304,13 @@ class TestbedModel(DualEncoder):
 
     # -- protocol ----------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> Tensor:
-        return normalize(self.model.image_head(self.model.image_features(images)))
+        return normalize(self.image_outputs(images))
+
+    def image_projection(self) -> ImageProjection | None:
+        return ImageProjection("image_head.weight", "image_head.bias")
+
+    def image_outputs(self, images: Tensor) -> Tensor:
+        return self.model.image_head(self.model.image_features(images))
 
     def encode_text(self, text: TextBatch) -> Tensor:
         feats = self.model.text_features(text["input_ids"], text["attention_mask"])
