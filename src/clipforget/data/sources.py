@@ -478,9 +478,9 @@ class ClipBenchmarkSource:
     def __init__(self, dataset: str, root: Path, download: bool):
         try:
             from clip_benchmark.datasets.builder import build_dataset
-        except ImportError:
-            raise DataNotFoundError(f"the clip_benchmark source {dataset!r} needs the clip_benchmark package: "
-                                    "pip install 'clipforget[benchmark]' (or pip install clip_benchmark)") from None
+        except ImportError as e:
+            raise DataNotFoundError(f"the clip_benchmark source {dataset!r} needs the clip_benchmark package ({e}): "
+                                    "pip install 'clipforget[benchmark]'") from None
         self._identity = f"clip_benchmark:{dataset}:{root.resolve()}"
         self._data: dict[str, Any] = {}
         self.templates: tuple[str, ...] = ()
