@@ -49,7 +49,7 @@ def test_registry_lists_kinds_and_refuses_duplicates_and_unknown_kinds():
         register_source_kind("imagefolder")(lambda config: None)
     with pytest.raises(ConfigError, match="'webdataset' is unknown; known kinds"):
         open_source(SourceConfig(kind="webdataset"))
-    with pytest.raises(ConfigError, match="only to kind 'torchvision'"):
+    with pytest.raises(ConfigError, match=r"only to kinds \['torchvision', 'clip_benchmark'\], not 'imagefolder'"):
         open_source(SourceConfig(kind="imagefolder", root="x", dataset="CIFAR10"))
 
 

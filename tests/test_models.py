@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import open_clip
 import pytest
 import torch
 from PIL import Image
-from tiny import plain_load_testbed
+from tiny import plain_load_testbed, register_tiny_openclip
 
 from clipforget.models import DualEncoder, ModelSpec, load_model
 from clipforget.models.base import TOWERS, normalize
@@ -226,3 +228,60 @@ def test_hf_refuses_a_checkpoint_with_missing_weights(hf_model, tmp_path):
     save_file(state, main_file, metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing.*text_projection.weight"):
         load_model(f"hf:{main_file.parent}")
+
+
+# -- open_clip pretrained tags and QuickGELU ------------------------------------------------------
+def _fake_tag(monkeypatch, tmp_path, arch: str, like: tuple[str, str]) -> torch.nn.Module:
+    """Register ``arch@openai`` with the pretrained config of the real tag ``like`` (its quick_gelu flag
+    included) and make its download return local weights; return the model those weights came from."""
+    from safetensors.torch import save_file
+
+    register_tiny_openclip(tmp_path)
+    torch.manual_seed(0)
+    trained = open_clip.create_model(arch, force_quick_gelu=bool(open_clip.get_pretrained_cfg(*like).get("quick_gelu")))
+    file = tmp_path / f"{arch}-tag.safetensors"
+    save_file(trained.state_dict(), file)
+    tag_cfg = {**open_clip.get_pretrained_cfg(*like), "url": "", "hf_hub": ""}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, arch, {"openai": tag_cfg})
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, **kw: str(file))
+    return trained.eval()
+
+
+def _activation(module: torch.nn.Module) -> type:
+    return type(module.transformer.resblocks[0].mlp.gelu)
+
+
+@pytest.mark.parametrize("like, quick", [(("RN50", "openai"), True), (("ViT-B-32", "laion2b_e16"), False)])
+def test_pretrained_tag_builds_the_activation_it_was_trained_with(monkeypatch, tmp_path, recwarn, like, quick):
+    from open_clip.transformer import QuickGELU
+
+    assert bool(open_clip.get_pretrained_cfg(*like).get("quick_gelu")) is quick  # the real table's flag
+    trained = _fake_tag(monkeypatch, tmp_path, "tiny-RN-gelu", like)
+    model = load_model("openclip:tiny-RN-gelu@openai")
+    assert (_activation(model.model) is QuickGELU) is quick
+    assert not [w for w in recwarn if "QuickGELU" in str(w.message)]  # open_clip saw no mismatch
+    images, tokens = _images(model), model.tokenize(TEXTS)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), normalize(trained.encode_image(images)))
+        torch.testing.assert_close(model.encode_text(tokens), normalize(trained.encode_text(tokens["input_ids"])))
+        if quick:  # the weights under exact GELU give other text embeddings: the check above can fail
+            gelu = open_clip.create_model("tiny-RN-gelu", pretrained=str(tmp_path / "tiny-RN-gelu-tag.safetensors"))
+            assert not torch.allclose(normalize(gelu.eval().encode_text(tokens["input_ids"])),
+                                      model.encode_text(tokens), atol=1e-4)
+
+
+@torch.no_grad()
+def test_quick_gelu_model_saves_a_config_plain_open_clip_loads_as_quick_gelu(monkeypatch, tmp_path):
+    from open_clip.transformer import QuickGELU
+
+    _fake_tag(monkeypatch, tmp_path, "tiny-RN-gelu", ("RN50", "openai"))
+    model = load_model("openclip:tiny-RN-gelu@openai")
+    _perturb(model)
+    model.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "open_clip_config.json").read_text())["model_cfg"]["quick_gelu"] is True
+    plain = open_clip.create_model(f"local-dir:{tmp_path / 'saved'}").eval()
+    assert _activation(plain) is QuickGELU
+    tokens = model.tokenize(TEXTS)
+    torch.testing.assert_close(normalize(plain.encode_text(tokens["input_ids"])), model.encode_text(tokens))
+    reloaded = load_model(model.saved_id(tmp_path / "saved"))
+    assert _activation(reloaded.model) is QuickGELU

@@ -148,7 +148,7 @@ BAD = {
                                   r"'cat' is in both 'animal' and 'vehicle'"),
     "alias is a class": ("forget.aliases", ["spaniel", "Cat "], r"forget.aliases: 'Cat ' is the class 'cat' of classnames"),
     "unknown label space": ("heldout.0.classnames", "imagenet21k",
-                            r"heldout\[0\].classnames: 'imagenet21k' is not a named label space; known: \['imagenet1k', 'imagenet1k_openai'\]"),  # fmt: skip
+                            r"heldout\[0\].classnames: 'imagenet21k' is not a named label space; known: \['imagenet1k', 'imagenet1k_clip', 'imagenet1k_openai'\]"),  # fmt: skip
     "unknown template preset": ("templates", "openai", r"templates: 'openai' is not a template preset; known: \[.*'openai_imagenet'"),
     "heldout class not in its label space": ("heldout.0.classnames", ["banana", "cherry"],
                                              r"heldout\[0\] 'fruit'.classnames: the selected classes \['red apple'\] are not in the label space"),  # fmt: skip
@@ -170,7 +170,7 @@ def test_unknown_scenario_name_lists_the_bundled_ones():
 
 
 def test_bundled_scenarios_are_the_public_ones():
-    assert bundled_scenarios() == sorted(PUBLIC + ["fmnist-sneaker-local"])
+    assert bundled_scenarios() == sorted(PUBLIC + ["fmnist-sneaker-local", "imagenet-box-turtle", "imagenet-marmoset"])
 
 
 @pytest.mark.parametrize("spec", bundled_scenarios() + [str(p) for p in sorted(EXAMPLES.glob("*.yaml"))])

@@ -18,6 +18,12 @@ TINY_CONFIGS = {
         "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None, "head_width": 8},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
     },
+    # As tiny-RN, but configured like open_clip's RN50.json: no quick_gelu key, so exact GELU unless forced.
+    "tiny-RN-gelu": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "patch_size": None, "head_width": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    },
     # open_clip ViT (LayerNorm).
     "tiny-ViT": {
         "embed_dim": 32,

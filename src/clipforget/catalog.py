@@ -31,7 +31,15 @@ METHODS: dict[str, tuple[str, str]] = {
 
 SOURCE_NEEDS = {"fashion_mnist": "Fashion-MNIST (Debian dataset-fashion-mnist)", "cifar10_jpeg": "CIFAR-10 JPEG archive",
                 "imagenette": "Imagenette archive", "imagefolder": "an image folder", "manifest": "a manifest file",
-                "torchvision": "a torchvision dataset"}
+                "torchvision": "a torchvision dataset", "imagenet": "ImageNet-1K folder ($CLIPFORGET_IMAGENET)",
+                "clip_benchmark": "CLIP_benchmark {dataset}{download}"}
+
+
+def _source_needs(source: dict) -> str:
+    kind = source.get("kind", "?")
+    return SOURCE_NEEDS.get(kind, kind).format(
+        dataset=source.get("dataset", "?"),
+        download=" (downloads once)" if source.get("download") else f" under {source.get('root', '<cache>')}")
 
 
 def method_lines() -> list[str]:
@@ -55,6 +63,8 @@ def scenario_lines() -> list[str]:
         text = p.read_text()
         head = text.split("\n\n", 1)[0]
         sources = (yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("sources", {})
-        needs = ", ".join(dict.fromkeys(SOURCE_NEEDS.get(s.get("kind"), s.get("kind", "?")) for s in sources.values()))
-        lines.append(f"{p.name[:-5]:<{width}}  {_first_sentence(head)} [needs: {needs}]")
+        needs = ", ".join(dict.fromkeys(_source_needs(s) for s in sources.values()))
+        models = re.search(r"^# Models: (.+?)\.?$", text, re.MULTILINE)  # a scenario made for particular models
+        models = f" [models: {models.group(1)}]" if models else ""
+        lines.append(f"{p.name[:-5]:<{width}}  {_first_sentence(head)} [needs: {needs}]{models}")
     return lines

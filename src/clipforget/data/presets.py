@@ -52,12 +52,33 @@ def label_space(name: str, where: str = "classnames") -> tuple[str, ...]:
 
 def template_preset(name: str, where: str = "templates") -> tuple[str, ...]:
     """The templates of the named preset, normalised to ``{}``."""
+    if name.startswith(CLIP_BENCHMARK_PREFIX):
+        return normalise_templates(clip_benchmark_templates(name[len(CLIP_BENCHMARK_PREFIX):], where))
     if name not in TEMPLATE_PRESETS:
         raise ConfigError(
             f"{where}: {name!r} is not a template preset; known: {sorted(TEMPLATE_PRESETS)} (or give a list of "
             "templates, e.g. ['a photo of a {}.'])"
         )
     return normalise_templates(TEMPLATE_PRESETS[name]())
+
+
+CLIP_BENCHMARK_PREFIX = "clip_benchmark:"  # templates: clip_benchmark:<dataset> = CLIP_benchmark's English prompts
+
+
+def clip_benchmark_templates(dataset: str, where: str = "templates") -> tuple[str, ...]:
+    """CLIP_benchmark's English zero-shot templates of ``dataset`` (its fallback, ImageNet's, where it has none)."""
+    import json
+
+    try:
+        folder = resources.files("clip_benchmark") / "datasets"
+    except ModuleNotFoundError:
+        raise ConfigError(f"{where}: {CLIP_BENCHMARK_PREFIX}{dataset} needs the clip_benchmark package: "
+                          "pip install 'clipforget[benchmark]' (or pip install clip_benchmark)") from None
+    table = json.loads((folder / "en_zeroshot_classification_templates.json").read_text())
+    templates = table.get(dataset, table["imagenet1k"])
+    if not isinstance(templates, list):  # a dict of class-specific prompts (CuPL style) has no {c} templates
+        raise ConfigError(f"{where}: CLIP_benchmark's templates for {dataset!r} are per-class prompts; give a list")
+    return tuple(templates)
 
 
 def normalise_templates(templates: Sequence[Any]) -> tuple[str, ...]:
@@ -112,7 +133,28 @@ def openai_imagenet_classnames() -> tuple[str, ...]:
     return tuple(_open_clip_metadata().IMAGENET_CLASSNAMES)
 
 
+# open_clip's curated list names two synsets "missile" and two "sunglasses"; a label space names each
+# class once, so the second of each pair takes its WordNet lemma instead.
+CLIP_NAME_FIXES = {"n04008634": "projectile", "n04355933": "sunglass"}
+
+
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 ImageNet-1K wnids in classifier order (timm's ``imagenet_synsets.txt``)."""
+    return tuple((resources.files("timm") / "data" / "_info" / "imagenet_synsets.txt").read_text().split())
+
+
+def imagenet_clip_classnames() -> tuple[str, ...]:
+    """open_clip's curated ImageNet names, in classifier order, each class named once (``CLIP_NAME_FIXES``)."""
+    return tuple(CLIP_NAME_FIXES.get(w, n) for w, n in zip(imagenet_synsets(), openai_imagenet_classnames(), strict=True))
+
+
+def imagenet_wnid_names() -> dict[str, str]:
+    """wnid -> its ``imagenet1k_clip`` name: the class names of the ``imagenet`` source."""
+    return dict(zip(imagenet_synsets(), imagenet_clip_classnames(), strict=True))
+
+
 register_label_space("imagenet1k", imagenet_classnames)
+register_label_space("imagenet1k_clip", imagenet_clip_classnames)
 register_label_space("imagenet1k_openai", openai_imagenet_classnames)
 register_templates("openai_imagenet", lambda: tuple(_open_clip_metadata().OPENAI_IMAGENET_TEMPLATES))  # 80
 register_templates("simple_imagenet", lambda: tuple(_open_clip_metadata().SIMPLE_IMAGENET_TEMPLATES))  # 7

@@ -50,6 +50,18 @@ def _resolve_presets(data: Mapping[str, Any], where: str, label_space: bool) -> 
     return data
 
 
+ALL = "all"  # `classes: all`: every class of the set's source, in its order (less `drop`)
+
+
+def _resolve_classes(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A sample's ``classes`` given as ``all`` (kept as ``("all",)``) or as a label-space name (its names)."""
+    data = dict(data)
+    classes = data.get("classes")
+    if isinstance(classes, str):
+        data["classes"] = (ALL,) if classes == ALL else resolve_label_space(classes, f"{where}.classes" if where else "classes")
+    return data
+
+
 def _names_brief(names: tuple[str, ...]) -> str:
     return str(list(names)) if len(names) <= 12 else f"{len(names)} names: {', '.join(names[:3])}, ..., {names[-1]}"
 
@@ -136,8 +148,10 @@ def _check_aliases(aliases: tuple[str, ...], classnames: tuple[str, ...]) -> Non
 class SampleConfig(Config):
     """Images per class from one source (calibration and held-out sets).
 
-    ``classes`` are raw class names of ``source``; ``rename`` maps a raw name to the name used in
-    prompts and in ``Record.label`` (unlisted names are kept).
+    ``classes`` are raw class names of ``source``, a named label space (``imagenet1k_clip``) or ``all``
+    (every class of the source, in its order, resolved when the scenario is built); ``drop`` leaves
+    classes out of them. ``rename`` maps a raw name to the name used in prompts and in
+    ``Record.label`` (unlisted names are kept).
     """
 
     source: str
@@ -146,14 +160,39 @@ class SampleConfig(Config):
     split: Split
     flags: tuple[str, ...] = ()
     rename: dict[str, str] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> SampleConfig:
+        return super().from_dict(_resolve_classes(data, where), where)
+
+    @property
+    def takes_all(self) -> bool:
+        return self.classes == (ALL,)
 
     def check(self, where: str) -> None:
         _check_nonempty_names(self.classes, f"{where}.classes")
         require(self.per_class >= 1, f"{where}.per_class is {self.per_class}: an empty set; ask for at least 1")
-        unknown = sorted(set(self.rename) - set(self.classes))
-        require(not unknown, f"{where}.rename: {unknown} are not among classes {list(self.classes)}")
-        names = [self.rename.get(c, c) for c in self.classes]
-        require(len(set(names)) == len(names), f"{where}.rename: two classes get the same name in {names}")
+        if not self.takes_all:
+            self.check_classes(self.classes, where)
+
+    def check_classes(self, known: tuple[str, ...], where: str) -> None:
+        """Checks of ``drop`` and ``rename`` against the raw classes (``known``: the source's, for ``all``)."""
+        stray = sorted(set(self.drop) - set(known))
+        require(not stray, f"{where}.drop: {stray} are not among classes {_names_brief(known)}")
+        chosen = self.chosen(known)
+        require(bool(chosen), f"{where}.drop: leaves no class; drop fewer")
+        unknown = sorted(set(self.rename) - set(chosen))
+        require(not unknown, f"{where}.rename: {unknown} are not among classes {_names_brief(chosen)}")
+        names = [self.rename.get(c, c) for c in chosen]
+        twice = sorted(n for n, k in Counter(names).items() if k > 1)
+        require(not twice, f"{where}.rename: two classes get the same name ({twice})")
+
+    def chosen(self, known: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The raw classes taken: ``classes`` (``known`` for ``all``) less ``drop``."""
+        classes = known if self.takes_all else self.classes
+        require(classes is not None, "classes: all is resolved only against the source's classes")
+        return tuple(c for c in classes if c not in self.drop)
 
     def label(self, raw: str) -> str:
         return self.rename.get(raw, raw)
@@ -183,12 +222,13 @@ class HeldoutConfig(SampleConfig):
         super().check(where)
         if self.templates:
             _check_templates(self.templates, f"{where}.templates")
-        if self.classnames:
-            self._check_label_space(f"{where}.classnames")
+        if self.classnames and not self.takes_all:
+            self.check_label_space(self.chosen(), f"{where}.classnames")
 
-    def _check_label_space(self, where: str) -> None:
+    def check_label_space(self, chosen: tuple[str, ...], where: str) -> None:
+        """Every chosen class's (renamed) label is named once in ``classnames``."""
         counts = Counter(self.classnames)
-        labels = [self.label(c) for c in self.classes]
+        labels = [self.label(c) for c in chosen]
         missing = [n for n in labels if not counts[n]]
         if missing:
             close = {n: difflib.get_close_matches(n, self.classnames, n=3) for n in missing}
@@ -201,9 +241,9 @@ class HeldoutConfig(SampleConfig):
         require(not twice, f"{where}: {twice} name more than one class of the label space, so their images' label "
                 "is ambiguous; drop them from 'classes' or give a label space that names them once")  # fmt: skip
 
-    def label_space(self) -> tuple[str, ...]:
-        """The names the set is scored over: ``classnames``, else the (renamed) classes."""
-        return self.classnames or tuple(self.label(c) for c in self.classes)
+    def label_space(self, chosen: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """The names the set is scored over: ``classnames``, else the (renamed) chosen classes."""
+        return self.classnames or tuple(self.label(c) for c in self.chosen(chosen))
 
 
 @dataclass(frozen=True)
@@ -213,7 +253,7 @@ class ScenarioConfig(Config):
     - ``name``, ``seed``: the scenario's name and the seed of every draw (0 is a seed).
     - ``sources``: image sources by name.
     - ``classnames`` / ``templates``: the label space and prompts that score Target and Retain;
-      ``templates`` may name a preset (data/presets.py).
+      either may name a preset (data/presets.py).
     - ``hierarchy``: superclass -> its classes; the forget label and every retained label share one.
     - ``forget``: the subgroup to forget; ``retain``: the sibling subgroups kept.
     - ``calibration``: D_m, drawn without any forget-subgroup image.
@@ -233,7 +273,7 @@ class ScenarioConfig(Config):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> ScenarioConfig:
-        return super().from_dict(_resolve_presets(data, where, label_space=False), where)
+        return super().from_dict(_resolve_presets(data, where, label_space=True), where)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name: give the scenario a name")
@@ -360,6 +400,14 @@ class _Pool:
                 index.setdefault(e.classname, []).append(e)
             self.by_class[name] = index
 
+    def chosen(self, s: SampleConfig, where: str) -> tuple[str, ...]:
+        """The raw classes a sample takes; ``all`` means every class of its source, in listing order."""
+        if not s.takes_all:
+            return s.chosen()
+        known = tuple(self.by_class[s.source])
+        s.check_classes(known, where)
+        return s.chosen(known)
+
     def select(self, source: str, classes: tuple[str, ...], subgroups: tuple[str, ...], where: str) -> list[Entry]:
         index = self.by_class[source]
         for c in classes:
@@ -412,7 +460,7 @@ def _check_disjoint(pool: _Pool, config: ScenarioConfig) -> None:
                     "narrow its classes or subgroups so the sets are disjoint")  # fmt: skip
         seen[where] = mine
     for i, s in enumerate(config.calibration):
-        mine = keys(s.source, pool.select(s.source, s.classes, (), f"calibration[{i}]"))
+        mine = keys(s.source, pool.select(s.source, pool.chosen(s, f"calibration[{i}]"), (), f"calibration[{i}]"))
         require(not mine & forget, f"calibration[{i}]: selects images of the forget subgroup (overlapping sets); "
                 "remove its class from the calibration classes")  # fmt: skip
 
@@ -432,7 +480,7 @@ def build_scenario(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> Sce
 
     def sample_records(s: SampleConfig, where: str) -> list[Record]:
         out = []
-        for c in s.classes:
+        for c in pool.chosen(s, where):
             entries = pool.select(s.source, (c,), (), where)
             chosen = pool.draw(s.source, entries, s, s.per_class, f"{seed}:{where}:{c}", f"{where} class {c!r}")
             out += [Record(s.source, e.key, s.label(c), _subgroup(e, s.label(c))) for e in chosen]
@@ -444,7 +492,10 @@ def build_scenario(spec: str | Path | Mapping[str, Any] | ScenarioConfig) -> Sce
     heldout = []
     for h in config.heldout:
         records = sample_records(h, f"heldout {h.name!r}")
-        heldout.append(EvalSet(h.name, tuple(records), h.label_space(), h.templates or config.templates))
+        chosen = pool.chosen(h, f"heldout {h.name!r}")
+        if h.takes_all and h.classnames:
+            h.check_label_space(chosen, f"heldout {h.name!r}.classnames")
+        heldout.append(EvalSet(h.name, tuple(records), h.label_space(chosen), h.templates or config.templates))
     forget_train = group_records(config.forget, "train", "forget")
     retain_train = [r for g, w in zip(config.retain, retain_where) for r in group_records(g, "train", w)]
     calibration = [r for i, s in enumerate(config.calibration) for r in sample_records(s, f"calibration[{i}]")]

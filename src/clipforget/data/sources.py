@@ -11,6 +11,12 @@ Kinds live in one explicit registry (:func:`register_source_kind` rejects duplic
   photos carry the flag ``clean``.
 - ``torchvision``: a ``torchvision.datasets`` class by name (needs the data on disk, or
   ``download: true`` when online).
+- ``imagenet``: ImageNet-1K in the ImageFolder layout ``root/{train,val}/<wnid>/*``, from ``root`` or
+  ``$CLIPFORGET_IMAGENET``; classes are named by the ``imagenet1k_clip`` label space, the subgroup is
+  the wnid.
+- ``clip_benchmark``: a CLIP_benchmark dataset (``dataset: cifar100``, ``wds/<name>``, ...) through
+  its own builder, with its class names (needs the ``clip_benchmark`` package; data on disk under
+  ``root``, or ``download: true`` when online).
 
 Splits are ``train`` / ``test`` (Imagenette's ``val`` is ``test``) or ``None`` for sources without
 splits. An unreadable image raises :class:`ImageLoadError` naming the file; nothing is skipped.
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "test")
+DATASET_KINDS = ("torchvision", "clip_benchmark")  # the kinds that take 'dataset' and 'download'
+IMAGENET_ENV = "CLIPFORGET_IMAGENET"
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -121,8 +129,8 @@ class SourceConfig(Config):
     - ``root``: the folder (imagefolder, fashion_mnist, torchvision), the manifest file, or the folder
       holding the archive (cifar10_jpeg, imagenette). Optional where the kind has a default location;
       a relative path resolves against the scenario file's folder.
-    - ``dataset``: torchvision only, the dataset class name (e.g. ``CIFAR100``).
-    - ``download``: torchvision only, whether it may download (needs internet).
+    - ``dataset``: torchvision and clip_benchmark only, the dataset name (``CIFAR100``; ``cifar100``).
+    - ``download``: torchvision and clip_benchmark only, whether it may download (needs internet).
     """
 
     kind: str
@@ -133,8 +141,8 @@ class SourceConfig(Config):
     def check(self, where: str = "source") -> None:
         require(self.kind in _KINDS, f"{where}.kind: {self.kind!r} is unknown; known kinds: {source_kinds()}")
         require(
-            self.kind == "torchvision" or (self.dataset is None and not self.download),
-            f"{where}: 'dataset' and 'download' apply only to kind 'torchvision', not {self.kind!r}",
+            self.kind in DATASET_KINDS or (self.dataset is None and not self.download),
+            f"{where}: 'dataset' and 'download' apply only to kinds {list(DATASET_KINDS)}, not {self.kind!r}",
         )
 
 
@@ -414,3 +422,103 @@ def _torchvision(config: SourceConfig) -> ImageSource:
     require(config.dataset is not None, "a 'torchvision' source needs 'dataset', e.g. CIFAR10")
     root = Path(config.root) if config.root is not None else cache_dir() / "torchvision"
     return TorchvisionSource(config.dataset, root, config.download)
+
+
+@register_source_kind("imagenet")
+def _imagenet(config: SourceConfig) -> ImageSource:
+    root = config.root if config.root is not None else os.environ.get(IMAGENET_ENV)
+    layout = "the ImageFolder layout <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"
+    if root is None:
+        raise DataNotFoundError(f"ImageNet source: no root given; set {IMAGENET_ENV} to your ImageNet-1K folder "
+                                f"({layout}), or give the source a 'root'")
+    given = "root" if config.root is not None else f"${IMAGENET_ENV}"
+    root = Path(root).expanduser()
+    missing = [str(root / d) for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        raise DataNotFoundError(f"ImageNet root {root} (from {given}) lacks {missing}; point {given} at an ImageNet-1K "
+                                f"folder in {layout} (val/ sorted into wnid folders, as torchvision's ImageFolder reads it)")
+    return imagenet_source(root, f"imagenet:{root.resolve()}")
+
+
+def imagenet_source(root: Path, identity: str) -> FileSource:
+    """``root/{train,val}/<wnid>/*``: class = the wnid's ``imagenet1k_clip`` name, subgroup = the wnid."""
+    from clipforget.data.presets import imagenet_wnid_names
+
+    names = imagenet_wnid_names()
+    entries = []
+    for folder, split in (("train", "train"), ("val", "test")):
+        for cls in _sorted_dirs(root / folder):
+            if cls.name not in names:
+                raise DataNotFoundError(f"ImageNet folder {root / folder}: {cls.name!r} is not an ImageNet-1K wnid; "
+                                        "keep only the 1000 class folders (n01440764, ...) under train/ and val/")
+            entries += [Entry(f"{folder}/{cls.name}/{f}", names[cls.name], cls.name, split)
+                        for f in sorted(os.listdir(cls.path)) if _is_image(f)]
+    if not entries:
+        raise DataNotFoundError(f"ImageNet folder {root}: no images under train/<wnid>/ or val/<wnid>/")
+    return FileSource(root, tuple(entries), identity)
+
+
+def _dataset_labels(ds: Any) -> list[int]:
+    """Class indices of a torchvision-style dataset without loading its images."""
+    for attr in ("targets", "labels", "_labels"):
+        if getattr(ds, attr, None) is not None:
+            return [int(y) for y in getattr(ds, attr)]
+    if getattr(ds, "samples", None) is not None:
+        return [int(y) for _, y in ds.samples]
+    raise ConfigError(f"{type(ds).__name__}: cannot list its labels (no targets, labels or samples); "
+                      "export it as a webdataset (clip_benchmark_export_wds) and use dataset: wds/<name>")
+
+
+class ClipBenchmarkSource:
+    """A CLIP_benchmark dataset, both splits where it has them; class names and templates are its own.
+
+    ``wds/<name>`` datasets are streamed once per split and held in memory (they have no random access).
+    """
+
+    def __init__(self, dataset: str, root: Path, download: bool):
+        try:
+            from clip_benchmark.datasets.builder import build_dataset
+        except ImportError as e:
+            raise DataNotFoundError(f"the clip_benchmark source {dataset!r} needs the clip_benchmark package ({e}): "
+                                    "pip install 'clipforget[benchmark]'") from None
+        self._identity = f"clip_benchmark:{dataset}:{root.resolve()}"
+        self._data: dict[str, Any] = {}
+        self.templates: tuple[str, ...] = ()
+        entries, classes = [], None
+        for split in SPLITS:
+            try:
+                ds = build_dataset(dataset, root=str(root), split=split, download=download)
+            except (AssertionError, FileNotFoundError, RuntimeError, ValueError) as e:
+                if split == "train":
+                    continue  # a test-only set (ObjectNet, most webdatasets)
+                raise DataNotFoundError(f"clip_benchmark dataset {dataset!r} under {root}: {e or type(e).__name__}; "
+                                        "put the data there, or set download: true when online") from e
+            classes = tuple(ds.classes)
+            self.templates = tuple(getattr(ds, "templates", None) or self.templates)
+            if dataset.startswith("wds/"):
+                ds = list(ds)
+            labels = [int(y) for _, y in ds] if isinstance(ds, list) else _dataset_labels(ds)
+            self._data[split] = ds
+            entries += [Entry(f"{split}/{i}", classes[y], classes[y], split) for i, y in enumerate(labels)]
+        self._entries = tuple(entries)
+
+    def entries(self) -> tuple[Entry, ...]:
+        return self._entries
+
+    def load(self, key: str) -> Image.Image:
+        split, _, index = key.partition("/")
+        try:
+            image = self._data[split][int(index)][0]
+        except (KeyError, ValueError, IndexError) as e:
+            raise ImageLoadError(f"{self._identity}: no image {key!r}") from e
+        return image.convert("RGB")
+
+    def identity(self) -> str:
+        return self._identity
+
+
+@register_source_kind("clip_benchmark")
+def _clip_benchmark(config: SourceConfig) -> ImageSource:
+    require(config.dataset is not None, "a 'clip_benchmark' source needs 'dataset', e.g. cifar100 or wds/<name>")
+    root = Path(config.root) if config.root is not None else cache_dir() / "clip_benchmark" / config.dataset
+    return ClipBenchmarkSource(config.dataset, root, config.download)

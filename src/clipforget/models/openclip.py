@@ -52,6 +52,18 @@ def _quiet_open_clip_errors():
         root.removeFilter(to_debug)
 
 
+def tag_uses_quick_gelu(name: str, tag: str | None) -> bool:
+    """Whether open_clip's table says the weights of ``name@tag`` were trained with QuickGELU.
+
+    open_clip builds ``RN50``, ``RN101``, ``ViT-B-32``, ... with exact GELU and only warns when the
+    tag (``openai``, ``yfcc15m``, ...) was trained with QuickGELU; those weights are meant for the
+    ``-quickgelu`` model.
+    """
+    if tag is None or name.startswith(("hf-hub:", "local-dir:")):
+        return False
+    return bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+
+
 class OpenClipModel(DualEncoder):
     backend = "openclip"
     image_prefixes = ("visual.",)
@@ -85,9 +97,15 @@ class OpenClipModel(DualEncoder):
         if is_file and not checkpoint.is_file():
             raise FileNotFoundError(f"open_clip checkpoint {weights!r} does not exist; give a local file or a pretrained tag")
         shapes = check_checkpoint(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+        quick_gelu = not is_file and tag_uses_quick_gelu(spec.name, weights) and not model_cfg.get("quick_gelu", False)
+        if quick_gelu:
+            log.info("open_clip tag %s@%s was trained with QuickGELU: building %s with QuickGELU", spec.name, weights,
+                     spec.name)
+            model_cfg = {**model_cfg, "quick_gelu": True}  # the saved config says so, for plain open_clip
         try:
             with _quiet_open_clip_errors():
-                model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=weights, **_WEIGHTS_ONLY)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.name, pretrained=weights, force_quick_gelu=quick_gelu, **_WEIGHTS_ONLY)
         except (AssertionError, RuntimeError, KeyError, ValueError) as e:
             if shapes is not None:
                 arch = (f"the architecture in its {CONFIG_FILE}" if spec.name.startswith("local-dir:")
