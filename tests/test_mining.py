@@ -17,7 +17,7 @@ from clipforget.data import build_scenario
 from clipforget.mined_scenario import mine_scenario
 from clipforget.mining import MineConfig, compare_with_truth, held_for_test, mine_sets
 
-SMALL = MineConfig(forget_count=4, retain_per_class=4, calibration_per_class=4, guard=0.25)
+SMALL = MineConfig(forget_count=4, retain_per_class=4, calibration_per_class=4, guard=0.25, contrast=())
 
 
 def _unit(*rows) -> torch.Tensor:
@@ -39,6 +39,14 @@ def test_the_forget_set_is_the_images_nearest_the_query_and_the_label_keeps_thos
     assert (c["precision"], c["recall"], c["leaked_retain"]) == pytest.approx((200 / 3, 200 / 3, 0.0))
     with_count = mine_sets(images, query, classes, 0, MineConfig(forget_count=1))
     assert with_count.forget == (0,)
+
+
+def test_a_contrast_name_nearer_than_the_query_keeps_an_image_out_of_the_forget_set():
+    images = _unit([1, 0, 2], [1, 0, 1.5], [0, 1, 0])
+    classes, query = _unit([1, 0, 0], [0, 1, 0]), _unit([0.3, 0, 1])
+    rival = _unit([1, 0, 1.2])  # e.g. "Welsh springer spaniel": image 1 is nearer it than the query
+    assert mine_sets(images, query, classes, 0, MineConfig()).forget == (0, 1)
+    assert mine_sets(images, query, classes, 0, MineConfig(), contrast_emb=rival).forget == (0,)
 
 
 def test_test_positions_spread_over_the_order_and_leave_a_train_image():

@@ -130,6 +130,15 @@ class MineResult:
     summary: dict[str, Any]
 
 
+def _contrast(spec: str | Sequence[str], classnames: Sequence[str], aliases: Sequence[str]) -> list[str]:
+    """The contrast vocabulary's names, less the classes and the aliases (case and spaces aside)."""
+    from clipforget.data.presets import resolve_label_space
+
+    names = resolve_label_space(spec, "contrast") if spec else ()
+    drop = {n.strip().casefold() for n in (*classnames, *aliases)}
+    return list(dict.fromkeys(n for n in names if n.strip().casefold() not in drop))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "query"
 
@@ -173,7 +182,10 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
         if aliases:
             texts = torch.cat([texts, build_zero_shot_classifier(model, list(aliases), templates,
                                                                  batch_size=batch_size).float().cpu().T])
-    sets = mine_sets(image_emb, texts, class_emb, names.index(label), config)
+        contrast = _contrast(config.contrast, names, aliases)
+        contrast_emb = (build_zero_shot_classifier(model, contrast, templates, batch_size=batch_size).float().cpu().T
+                        if contrast else None)
+    sets = mine_sets(image_emb, texts, class_emb, names.index(label), config, contrast_emb)
     if not sets.forget:
         raise ConfigError(f"--query {query!r} matches nothing: it is the nearest text for no image of the pool "
                           f"({len(images)} images, label space {', '.join(names)}); rephrase it, add --alias names, or "
