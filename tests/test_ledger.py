@@ -194,3 +194,14 @@ def test_a_ledger_survives_save_and_load_on_every_backend(tiny_models, tmp_path)
     write_ledger(folder, Ledger((entry,)), tiny_models)
     model_id = tiny_models.saved_id(folder)
     assert read_ledger(model_id, load_model(model_id)).requests == (entry,)
+
+
+def test_the_souping_endpoint_of_a_second_request_is_the_model_as_received(first_run, base, scenarios, tmp_path):
+    """alpha = 0 of the second request gives back the first request's weights, not the base model's."""
+    from clipforget.pipeline import same_weights
+
+    received = f"openclip:local-dir:{first_run / 'model'}"
+    only_endpoint = dataclasses.replace(SMOKE, restore=RestoreConfig(grid=(0.0,)))
+    result = run_forget(received, scenarios[1], tmp_path / "run", config=only_endpoint, seed=0, audit=False)
+    assert same_weights(result.model, load_model(received))
+    assert not same_weights(result.model, load_model(base))
