@@ -170,7 +170,7 @@ def test_the_weight_choice_keeps_earlier_subgroups_where_the_received_model_had_
         candidate = copy.deepcopy(received)
         with torch.no_grad():
             for p in candidate.model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * p.std().nan_to_num(0.1).clamp(min=0.01) * scale)
+                p.add_(torch.randn(p.shape, generator=g) * p.std(correction=0).clamp(min=0.01) * scale)
         after = predict(candidate, images, classes, templates)
         if not torch.equal(before, after):
             break
