@@ -55,6 +55,34 @@ def forget(model: str, scenario: str | Path, *, out: str | Path, method: str = "
     return run_forget(model, scenario, out, method=method, **kwargs)
 
 
+def mine(model: str | DualEncoder, pool: str | Path, query: str, label: str, *, out: str | Path,
+         aliases=(), classnames=None, templates=None, truth: str | None = None, config=None, seed: int = 0,
+         device: str = "cpu", batch_size: int = 64):
+    """Mine a scenario YAML from an unlabeled ``pool`` and a description (:mod:`clipforget.mined_scenario`);
+    returns its :class:`clipforget.mined_scenario.MineResult` (paths written, counts, precision / recall)."""
+    from clipforget.mined_scenario import DEFAULT_TEMPLATES, mine_scenario
+    from clipforget.mining import MineConfig
+
+    if isinstance(config, (str, Path)):
+        config = MineConfig.from_yaml(config)
+    elif isinstance(config, dict):
+        config = MineConfig.from_dict(config)
+    model_id = model if isinstance(model, str) else str(model.spec)
+    out = Path(out)
+    check_writable(out.parent, what="a scenario YAML file")
+    loaded = load_model(model, device=device) if isinstance(model, str) else model
+    return mine_scenario(loaded.eval(), pool, query, label, out, aliases=aliases, classnames=classnames,
+                         templates=templates or DEFAULT_TEMPLATES, truth=truth, config=config, seed=seed,
+                         model_id=model_id, batch_size=batch_size)
+
+
+def read_ledger(model: str, *, device: str = "cpu"):
+    """The requests clipforget applied to a saved model (:class:`clipforget.ledger.Ledger`), checked against its weights."""
+    from clipforget.ledger import read_ledger as _read
+
+    return _read(model, load_model(model, device=device))
+
+
 def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), **kwargs) -> str:
     """Every method on every scenario and seed (resumable); returns the Markdown table."""
     from clipforget.bench import run_bench
@@ -175,6 +203,20 @@ def format_audit(result: AuditResult) -> str:
         lines.append(f"relearn Target @{summary['relearn_steps']:<3d}    {r.get('original', float('nan')):5.1f} -> {r['unlearned']:5.1f}"
                      f"  ({summary['relearn_setting']})")
     lines += [f"{k:<24}{'-' if v is None else ('yes' if v else 'no')}" for k, v in result.verdict["flags"].items()]
+    return "\n".join(lines)
+
+
+def format_mining(summary) -> str:
+    """What ``mine`` found, one figure per line."""
+    lines = [f"pool images             {summary['pool_images']}", f"forget set (mined)      {summary['forget']}",
+             f"retain set              {sum(summary['retain'].values())} ({', '.join(f'{k} {v}' for k, v in summary['retain'].items())})",
+             f"calibration set         {sum(summary['calibration'].values())}"]
+    c = summary.get("comparison")
+    if c:
+        lines += [f"precision               {c['precision']:5.1f}  ({c['true_positives']} of {c['mined']} mined are {summary['truth']!r})",
+                  f"recall                  {c['recall']:5.1f}  (of {c['subgroup_images']} {summary['truth']!r} images)",
+                  f"leaked into retain      {c['leaked_retain']:5.1f}",
+                  f"leaked into calibration {c['leaked_calibration']:5.1f}"]
     return "\n".join(lines)
 
 

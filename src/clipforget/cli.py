@@ -45,6 +45,9 @@ examples:
   clipforget forget --model openclip:RN50@openai --scenario my.yaml --out runs/x forget.delta=-0.3
   clipforget bench --scenarios cifar10-cat --methods ours ga "ours[use_lora=false]" --seeds 0 1 --out runs/b
   clipforget audit --model testbed@runs/cat/model --original testbed --scenario cifar10-cat --out runs/cat-audit
+  clipforget forget --model testbed@runs/cat/model --scenario fmnist-sneaker --out runs/cat+sneaker   # a second request
+  clipforget mine --model testbed --pool pool/ --query "photos of English springer spaniels" --label dog \
+                  --alias "English springer" --classnames dog cat bird --out springer.yaml
 """
 
 
@@ -137,6 +140,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the seed of the audit's random choices (default: 0)")
     p.add_argument("--config", help="audit config YAML (default: the audit's defaults; see: clipforget config audit)")
     _train(p)
+    _common(p)
+
+    p = command("mine", "build a scenario YAML from an unlabeled pool of images and a description of the subgroup")
+    p.add_argument("--model", required=True, help="the original model, whose embeddings mine the pool (grammar below)")
+    p.add_argument("--pool", required=True, help="a folder of images (any depth) or a CSV/JSONL manifest with a 'path' column")
+    p.add_argument("--query", required=True, help='the subgroup in words, e.g. "photos of English springer spaniels"')
+    p.add_argument("--label", required=True, help="the class of the label space the subgroup belongs to, e.g. dog")
+    p.add_argument("--out", required=True, help="the scenario YAML to write (with <stem>.pool.csv and <stem>.mining.json)")
+    p.add_argument("--alias", action="append", default=[], metavar="NAME",
+                   help="another name of the subgroup (repeatable): searched as well, and audited")
+    p.add_argument("--classnames", nargs="+", metavar="CLASS",
+                   help="the label space (default: the pool's class labels, when it has them)")
+    p.add_argument("--templates", nargs="+", metavar="TEMPLATE", help="prompt templates with {} (default: six photo templates)")
+    p.add_argument("--truth", help="the pool's class or subgroup name of the true subgroup: report precision / recall")
+    p.add_argument("--config", help="mining config YAML (fields: forget_count, retain_per_class, calibration_per_class, "
+                                    "guard, test_fraction)")
+    p.add_argument("--seed", type=int, default=0, help="the scenario's seed (default: 0)")
     _common(p)
 
     p = command("demo", "the built-in default: the paper's method on the testbed model, with its report", epilog="")
@@ -277,6 +297,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(api.format_audit(result))
         print(f"audit: {Path(args.out) / 'audit.md'}")
+    elif args.command == "mine":
+        result = api.mine(args.model, args.pool, args.query, args.label, out=args.out, aliases=args.alias,
+                          classnames=args.classnames, templates=args.templates, truth=args.truth, config=args.config,
+                          seed=args.seed, device=args.device, batch_size=args.batch_size)
+        print(api.format_mining(result.summary))
+        print(f"scenario: {result.scenario}")
     elif args.command == "demo":
         result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
         print(f"report: {result.run_dir / 'report.html'}")

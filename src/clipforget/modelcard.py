@@ -7,6 +7,7 @@ the backend's own library alone (no clipforget).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,23 @@ def _audit(run: RunFiles) -> list[str]:
     return out + ["", f"Flags ({verdict['kind']}): {flags}."]
 
 
+def _ledger(model_dir: Path) -> list[str]:
+    """The requests of the folder's ledger (``clipforget_ledger.json``), one line each, oldest first."""
+    from clipforget.ledger import LEDGER_FILE
+
+    path = model_dir / LEDGER_FILE
+    if not path.is_file():
+        return []
+    requests = json.loads(path.read_text()).get("requests", [])
+    out = ["## Requests applied to these weights", "",
+           f"From `{LEDGER_FILE}` (checked against the weights when a further request loads them):", ""]
+    for i, r in enumerate(requests, 1):
+        m = r.get("metrics", {})
+        out.append(f"{i}. `{r.get('scenario')}` with `{r.get('method')}` on `{r.get('model')}`: Target "
+                   f"{m.get('original', {}).get('target', float('nan')):.1f} -> {m.get('unlearned', {}).get('target', float('nan')):.1f}")
+    return out + [""]
+
+
 def model_card(run_dir: str | Path) -> str:
     """The Markdown text of the model card of ``run_dir/model``."""
     run = RunFiles.load(run_dir)
@@ -175,7 +193,7 @@ def model_card(run_dir: str | Path) -> str:
     out += ["", "## Zero-shot top-1 accuracy (%)", "", *_metrics(run), "",
             "Target: test images of the subgroup, scored over the scenario's classes; Retain: its siblings; the other "
             "columns are held-out sets no method saw. Score = 100/(1+K)·[max(0, 1−T/T₀) + Σ min(1, A/A₀)].", "",
-            "## Audit: can the subgroup still be found?", "", *_audit(run), ""]
+            "## Audit: can the subgroup still be found?", "", *_audit(run), "", *_ledger(model_dir)]
     warnings = run_warnings(run)
     if warnings:
         out += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]

@@ -15,12 +15,22 @@ Run directory layout (every file written atomically)::
     fisher.json, alpha_curve.json   diagnostics, when the method has those stages
     sets.json, examples/   what was forgotten, each set's size and labels, example thumbnails
     audit.json         the forgetting audit (:mod:`clipforget.audit`), unless switched off
-    model/             the unlearned weights in the backend's own layout, with a model card (README.md);
-                       absent when the run was told not to save them
+    model/             the unlearned weights in the backend's own layout, with a model card (README.md)
+                       and the ledger of every request applied to them (clipforget_ledger.json, see
+                       :mod:`clipforget.ledger`); absent when the run was told not to save them
+    ledger_check.json  when the model came with a ledger: each earlier subgroup re-checked (Target and
+                       worst-prompt Target under the model as received and the new one), and those
+                       whose data is not reachable here
     report.md, report.html, plots/   generated from the JSON files
 
 A run resumes only where its key matches: the resolved config, the scenario's fingerprint, a digest
-of its images and of the model's weights, and the clipforget version (:mod:`clipforget.rundir`).
+of its images and of the model's weights, the checksum of the model's ledger, and the clipforget
+version (:mod:`clipforget.rundir`).
+
+A model that clipforget already unlearned carries a ledger; the run continues it: the model as
+received is the teacher and the souping endpoint (as for any model), every earlier subgroup whose
+data is reachable constrains the weight choice (:class:`clipforget.methods.scoring.Forgotten`) and
+is re-checked afterwards.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from clipforget.io import (
     atomic_write_json,
     atomic_write_text,
 )
+from clipforget import ledger as ledgers
 from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score
@@ -226,6 +237,8 @@ class Prepared:
     images: ScenarioImages
     original_metrics: ScenarioMetrics
     load_seconds: float
+    ledger: ledgers.Ledger = field(default_factory=ledgers.Ledger)
+    earlier: ledgers.EarlierRequests = field(default_factory=ledgers.EarlierRequests)
     _views: dict[str | None, TrainingView] = field(default_factory=dict)
     _digests: dict[str, str] = field(default_factory=dict)
 
@@ -236,6 +249,8 @@ class Prepared:
             self._digests["scenario"] = self.splits.fingerprint
             self._digests["images"] = images_digest(self.images)
             self._digests["weights"] = state_dict_digest(self.model.state_dict_model())
+            if self.ledger.requests:
+                self._digests["ledger"] = ledgers.checksum(list(self.ledger.requests), self._digests["weights"])
         return {"clipforget": __version__, "config": dict(config), **self._digests}
 
     def training_view(self, image_prefix: str | None, *, batch_size: int = 64) -> TrainingView:
@@ -244,14 +259,16 @@ class Prepared:
         if image_prefix not in self._views:
             data = unlearn_data(self.splits, self.images)
             if image_prefix is None:
-                self._views[None] = TrainingView(self.model, data, self.images)
+                self._views[None] = TrainingView(self.model, data, self.images,
+                                                 ledgers.forgotten_sets(self.earlier, batch_size=batch_size))
             else:
                 log.info("image stages before %s are frozen: computing their activations once for every set", image_prefix)
                 view = FrozenImagePrefix(self.model, image_prefix)
                 mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
                           ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}
                 self._views[image_prefix] = TrainingView(view, dataclasses.replace(data, **mapped),
-                                                         map_images(self.images, lambda x: view.prefix(x, batch_size)))
+                                                         map_images(self.images, lambda x: view.prefix(x, batch_size)),
+                                                         ledgers.forgotten_sets(self.earlier, view, batch_size=batch_size))
         return self._views[image_prefix]
 
 
@@ -260,6 +277,7 @@ class TrainingView:
     model: DualEncoder
     data: UnlearnData
     images: ScenarioImages
+    forgotten: list = field(default_factory=list)  # earlier requests' subgroups, in the same view
 
 
 def images_digest(images: ScenarioImages) -> str:
@@ -290,6 +308,7 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
     scenario_cfg = load_scenario_config(scenario)
     log.info("loading %s", model_id)
     original = (model or load_model(model_id, device=device)).eval()
+    ledger = ledgers.read_ledger(model_id, original)
     splits = build_scenario(scenario_cfg)
     log.info("scenario %s: forget %r as %r; D_f %d, D_r %d, D_m %d images; Target %d, Retain %d; held out: %s",
              splits.name, splits.forget_train[0].subgroup if splits.forget_train else "?", splits.forget_label,
@@ -297,10 +316,15 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
              len(splits.retain.records), ", ".join(f"{s.name} {len(s.records)}" for s in splits.heldout) or "none")
     log.info("reading and preprocessing the images")
     images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
+    earlier = ledgers.EarlierRequests()
+    if ledger.requests:
+        log.info("%s carries a ledger of %d earlier request(s): %s", model_id, len(ledger.requests),
+                 ", ".join(r["scenario"] for r in ledger.requests))
+        earlier = ledgers.load_earlier(ledger, original.preprocess, batch_size=batch_size)
     log.info("scoring the original model")
     metrics = evaluate(original, splits, images, batch_size=batch_size)
     log.info("original model: %s", _brief(metrics))
-    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start)
+    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start, ledger, earlier)
 
 
 def _brief(m: ScenarioMetrics) -> str:
@@ -387,7 +411,8 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     original_metrics = prepared.original_metrics
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
-        result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed)
+        result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed,
+                                                      forgotten=view.forgotten)
     events = [{"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}} for stage, diag in result.diagnostics.items()]
     atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
     log.info("scoring the unlearned model")
@@ -399,6 +424,8 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     warnings = result_warnings(prepared.model, result.model, result.diagnostics)
+    rechecked = _recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
+    warnings += ledgers.recheck_warnings(rechecked)
     for w in warnings:
         log.warning("%s", w)
     _write_diagnostics(out, result.diagnostics)
@@ -413,6 +440,15 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         with timer("audit"):  # view.model is the original in the method's view (methods clone it)
             audited = run_audit(view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed=seed)
         atomic_write_json(out / "audit.json", audited.to_dict())
+    if save_model:
+        from clipforget.audit import audit_summary
+
+        entry = ledgers.request_entry(
+            model_id=prepared.model_id, scenario=prepared.scenario, splits=prepared.splits, method=method,
+            method_config=config.to_dict(), seed=seed, metrics={"original": _headline(original_metrics),
+                                                                 "unlearned": _headline(unlearned_metrics)},
+            score=score, audit=None if audit_cfg is None else audit_summary(audited.to_dict()), recheck=rechecked)
+        ledgers.write_ledger(out / "model", prepared.ledger.extended(entry), result.model)
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
                                              "unlearned": unlearned_metrics.to_dict(), "score": score,
                                              "warnings": warnings,
@@ -433,6 +469,24 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
              original_metrics.retain, unlearned_metrics.retain, score)
     log.debug("report: %s", report)
     return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score, warnings)
+
+
+def _headline(m: ScenarioMetrics) -> dict[str, Any]:
+    return {"target": m.target, "retain": m.retain, "heldout": dict(m.heldout)}
+
+
+def _recheck_earlier(out: Path, prepared: Prepared, unlearned: DualEncoder, audit_cfg: AuditConfig | None, seed: int,
+                     timer: Timer) -> list[dict[str, Any]]:
+    """Re-check the earlier requests of the model's ledger into ledger_check.json (none: no file)."""
+    if not prepared.ledger.requests:
+        (out / "ledger_check.json").unlink(missing_ok=True)
+        return []
+    log.info("re-checking %d earlier forgotten subgroup(s)", len(prepared.earlier.reachable))
+    with timer("recheck"):
+        results = ledgers.recheck(prepared.model, unlearned, prepared.earlier, audit_cfg, seed=seed)
+    atomic_write_json(out / "ledger_check.json", {"rechecked": results, "unreachable": prepared.earlier.unreachable,
+                                                  "tolerance": ledgers.RECHECK_TOLERANCE})
+    return results
 
 
 def same_weights(a: DualEncoder, b: DualEncoder) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -24,7 +24,7 @@ from clipforget.methods.core import (  # noqa: F401  (the shared types, re-expor
     load_partial_state,
     stage_generator,
 )
-from clipforget.methods.scoring import make_score_fn, split_forget
+from clipforget.methods.scoring import Forgotten, make_score_fn, split_forget
 from clipforget.models.base import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class Method(abc.ABC):
     calls :meth:`fit`. ``run`` leaves ``model`` unchanged and returns a new model in the result;
     every random draw comes from ``seed``; finished stages are saved to and resumed from ``store``.
     ``score_fn`` replaces the default scoring function (built from the held-out forget images).
+    ``forgotten``: subgroups earlier requests forgot from ``model``; the default scoring function
+    then keeps each of them where ``model`` had it (:func:`clipforget.methods.scoring.make_score_fn`).
     """
 
     name: ClassVar[str] = ""
@@ -164,6 +166,7 @@ class Method(abc.ABC):
         seed: int = 0,
         choice: WeightChoice | None = None,
         score_fn: ScoreFn | None = None,
+        forgotten: Sequence[Forgotten] = (),
     ) -> MethodResult:
         self.check_config(config)
         choice = choice if choice is not None else WeightChoice()
@@ -176,7 +179,7 @@ class Method(abc.ABC):
             original={k: v.detach().clone() for k, v in teacher.model.state_dict().items()},
             data=fit,
             check=check,
-            score_fn=score_fn or _built_on_first_call(lambda: make_score_fn(teacher, check)),
+            score_fn=score_fn or _built_on_first_call(lambda: make_score_fn(teacher, check, forgotten)),
             forget_target=choice.forget_target,
             store=store if store is not None else InMemoryStore(),
             seed=seed,

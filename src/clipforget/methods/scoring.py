@@ -3,7 +3,9 @@
 ``score_fn(state) -> (utility, forget_acc)``. utility: zero-shot accuracy on the calibration images
 when they have labels; agreement with the original model's predictions when they have none;
 retain-image accuracy when there are no calibration images. forget_acc: the zero-shot accuracy on
-``forget_label`` of the forget images held out of training (:func:`split_forget`).
+``forget_label`` of the forget images held out of training (:func:`split_forget`), or, when the
+model carries earlier forgotten subgroups (:class:`Forgotten`, a sequence of requests), by how much
+the worst of them rose above its accuracy under the model as received, whichever is larger.
 
 The rule (:func:`best_candidate`): candidates whose forget accuracy is at most the forget target are
 *feasible*; the feasible one with the highest utility wins; when none is feasible, the one that
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -60,10 +63,35 @@ def split_forget(data: UnlearnData, holdout: float, seed: int) -> tuple[UnlearnD
     return fit, dataclasses.replace(data, forget_images=data.forget_images[order[:k]])
 
 
-def make_score_fn(original: DualEncoder, data: UnlearnData) -> ScoreFn:
+@dataclass(frozen=True, eq=False)
+class Forgotten:
+    """A subgroup an earlier request already forgot: images of it (its D_f) and the label space that
+    scores them (``label`` indexes ``classnames``). ``name`` says which request it came from."""
+
+    name: str
+    images: Tensor
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    label: int
+
+
+@torch.no_grad()
+def forgotten_accuracy(model: DualEncoder, forgotten: Forgotten) -> float:
+    """The share of ``forgotten``'s images ``model`` classifies as its label (a fraction)."""
+    return float((predict(model, forgotten.images, forgotten.classnames, forgotten.templates) == forgotten.label).float().mean())
+
+
+def make_score_fn(original: DualEncoder, data: UnlearnData, forgotten: Sequence[Forgotten] = ()) -> ScoreFn:
     """A scoring function over backend state dicts of ``original``'s architecture; ``data.forget_images``
-    are the images whose forget accuracy it reports (the held-out part of D_f)."""
+    are the images whose forget accuracy it reports (the held-out part of D_f).
+
+    With ``forgotten`` (earlier requests' subgroups), the reported forget accuracy is the larger of
+    that and the largest rise of an earlier subgroup's accuracy above ``original``'s: a candidate is
+    then feasible only when it also keeps every earlier subgroup within the forget target of where
+    the model as received had it.
+    """
     scratch = clone_model(original).eval()
+    received = [forgotten_accuracy(original, f) for f in forgotten]
     if data.calibration_images is not None:
         images = data.calibration_images
         classnames = data.calibration_classnames or data.classnames
@@ -75,7 +103,9 @@ def make_score_fn(original: DualEncoder, data: UnlearnData) -> ScoreFn:
     def score(state: Mapping[str, Tensor]) -> tuple[float, float]:
         load_partial_state(scratch, state)
         utility = float((predict(scratch, images, classnames, data.templates) == labels).float().mean())
-        return utility, forget_progress(scratch, data)["forget_acc"]
+        forget_acc = forget_progress(scratch, data)["forget_acc"]
+        rises = [forgotten_accuracy(scratch, f) - r for f, r in zip(forgotten, received)]
+        return utility, max([forget_acc, *rises])
 
     return score
 
