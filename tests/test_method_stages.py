@@ -363,6 +363,13 @@ def test_subgroup_names_are_the_vocabulary_entries_the_model_gives_forget_images
     margins = [n["forget"] - n["retain"] for n in names]
     assert all(m > 0 for m in margins) and margins == sorted(margins, reverse=True)
     assert subgroup_names(model, data, vocabulary, count=0) == []
+    everything = subgroup_names(model, data, vocabulary, count=len(vocabulary))
+    floor = sorted(n["forget"] for n in everything)[len(everything) // 2]
+    kept = subgroup_names(model, data, vocabulary, count=len(vocabulary), min_probability=floor)
+    assert kept == [n for n in everything if n["forget"] >= floor] and len(kept) < len(everything)
+    ratio = sorted(n["forget"] / n["retain"] for n in everything)[len(everything) // 2]
+    specific = subgroup_names(model, data, vocabulary, count=len(vocabulary), min_ratio=ratio)
+    assert specific == [n for n in everything if n["forget"] >= ratio * n["retain"]] and len(specific) < len(everything)
 
 
 def test_forget_names_join_the_forget_label_in_the_class_term(model):
@@ -386,3 +393,17 @@ def test_ours_on_image_candidates_changes_the_image_tower_only(model):
     changed = changed_keys(before, after)
     assert changed, "the forget run changed nothing"
     assert all(model.tower_of(k) == "image" for k in changed), sorted(k for k in changed if model.tower_of(k) != "image")
+
+
+def test_ours_with_the_closed_form_edit_changes_only_the_image_projection(model):
+    from clipforget.methods import get_method
+
+    method = get_method("ours")
+    proj = model.image_projection()
+    config = method.smoke_config().with_overrides(
+        ["select.towers=[image]", "forget.target=project", "forget.solver=closed_form", "forget.overshoot=1.0",
+         "use_remind=false", "use_souping=false"])
+    result = method.run(model, make_data(), config, seed=0)
+    changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
+    assert changed == {p for p in (proj.weight, proj.bias) if p}
+    assert result.diagnostics["forget"]["solver"] == "closed_form"

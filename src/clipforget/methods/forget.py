@@ -63,7 +63,7 @@ class ForgetConfig(Config):
         everything else it carried, so the change the image tower must make is the least that takes
         the subgroup's names off it.
     overshoot: with "project", how far past orthogonal to push (0: orthogonal to every forget direction;
-        1: the mirror image, negative similarity as large as the original's).
+        1: the mirror image, negative similarity as large as the original's; 2: twice as large).
     solver: "gradient" (train the selected layers for ``train.steps``) or "closed_form" (with target
         "project" only; beyond the paper): edit the image tower's last linear map
         (:meth:`clipforget.models.base.DualEncoder.image_projection`) in one regularised least-squares
@@ -76,6 +76,12 @@ class ForgetConfig(Config):
         from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
         forget text in the similarity term and the forget label in the class term. 0: off (5 in
         docs/examples/methods/ours-image-side.yaml; docs/decisions.md).
+    self_name_min: take a name only if the original model gives it at least this mean probability on
+        the forget images (among the vocabulary): a name the model hardly uses for them says little
+        about them, and taking its direction off moves unrelated images (docs/decisions.md). 0: off.
+    self_name_ratio: take a name only if the original gives it to the forget images at least this many
+        times as often (mean probability) as to the retain images: names specific to the subgroup, not
+        ones its siblings share (docs/decisions.md). 0: off.
     vocabulary: a named label space (``imagenet1k``) or a list of names to read them from.
     """
 
@@ -87,6 +93,8 @@ class ForgetConfig(Config):
     image_weight: float = 0.0
     image_margin: float = 0.0
     self_names: int = 0
+    self_name_min: float = 0.0
+    self_name_ratio: float = 0.0
     vocabulary: str | tuple[str, ...] = "imagenet1k"
     target: Literal["push", "project"] = "push"
     overshoot: float = 0.0
@@ -104,13 +112,15 @@ class ForgetConfig(Config):
         require(self.image_weight >= 0, f"image_weight must be >= 0, got {self.image_weight}")
         require(-1 <= self.image_margin <= 1, f"image_margin is a cosine similarity in [-1, 1], got {self.image_margin}")
         require(self.target in ("push", "project"), f"target must be 'push' or 'project', got {self.target!r}")
-        require(0 <= self.overshoot <= 1, f"overshoot must be in [0, 1], got {self.overshoot}")
+        require(0 <= self.overshoot <= 4, f"overshoot must be in [0, 4], got {self.overshoot}")
         require(self.solver in ("gradient", "closed_form"), f"solver must be 'gradient' or 'closed_form', got {self.solver!r}")
         require(self.solver == "gradient" or self.target == "project",
                 f"solver 'closed_form' solves for the projection target; set target: project (got {self.target!r})")
         require(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
         require(self.ridge > 0, f"ridge must be > 0, got {self.ridge}")
         require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
+        require(0 <= self.self_name_min < 1, f"self_name_min is a probability in [0, 1), got {self.self_name_min}")
+        require(self.self_name_ratio >= 0, f"self_name_ratio must be >= 0, got {self.self_name_ratio}")
         require(-1 <= self.delta <= 1, f"delta is a cosine similarity in [-1, 1], got {self.delta}")
         require(self.target_acc is None or 0 <= self.target_acc <= 1, f"target_acc must be in [0, 1], got {self.target_acc}")
 
@@ -170,6 +180,15 @@ def forget_directions(model: DualEncoder, data: UnlearnData, forget_names: Seque
     return torch.cat([encode_texts(model, texts), classifier[:, columns].T])
 
 
+def projection_parameters(model: DualEncoder) -> list[str]:
+    """The parameter names of ``model``'s image projection (what :func:`closed_form_edit` changes)."""
+    proj = model.image_projection()
+    if proj is None:
+        raise ValueError(f"forget.solver=closed_form edits the image projection, which the {model.backend} backend "
+                         "does not expose; use forget.solver=gradient")
+    return [p for p in (proj.weight, proj.bias) if p]
+
+
 @torch.no_grad()
 def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forget_names: Sequence[str] = ()) -> dict[str, Any]:
     """Edit ``model``'s image projection (in place) so that each forget image lands on its projection target.
@@ -182,10 +201,8 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     reaches an unseen image only through the part of its features that resembles the forget images'
     and not the retain images'; it moves outputs only within the span of ``Q``.
     """
+    changed = projection_parameters(model)
     proj = model.image_projection()
-    if proj is None:
-        raise ValueError(f"forget.solver=closed_form edits the image projection, which the {model.backend} backend "
-                         "does not expose; use forget.solver=gradient")
     params = dict(model.model.named_parameters())
     weight = params[proj.weight]
     w = (weight.T if proj.transposed else weight).detach().double().cpu()
@@ -205,7 +222,7 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     weight.add_((delta.T if proj.transposed else delta).to(weight))
     if proj.bias:
         params[proj.bias].sub_((delta @ mean).to(weight))
-    return {"solver": "closed_form", "parameters": [p for p in (proj.weight, proj.bias) if p],
+    return {"solver": "closed_form", "parameters": changed,
             "edit_norm": float(delta.norm() / w.norm()), "directions": int(q.shape[1]),
             "before": before, "final": forget_progress(model, data), "stop_target": False}
 

@@ -28,9 +28,12 @@ def vocabulary(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 @torch.no_grad()
 def subgroup_names(teacher: DualEncoder, data: UnlearnData, names: Sequence[str], count: int,
-                   template: str = "a photo of a {}.") -> list[dict[str, float]]:
+                   template: str = "a photo of a {}.", min_probability: float = 0.0,
+                   min_ratio: float = 0.0) -> list[dict[str, float]]:
     """Up to ``count`` names of ``names`` the original model gives ``data.forget_images`` more than the
-    retain images, best first, each with its mean probability on both sets (only positive margins)."""
+    retain images, best first, each with its mean probability on both sets (only positive margins, and
+    only names whose mean probability on the forget images is at least ``min_probability`` and at
+    least ``min_ratio`` times that on the retain images)."""
     taken = {c.lower() for c in data.classnames}
     candidates = list(dict.fromkeys(n for n in names if n.lower() not in taken))
     if count == 0 or not candidates:
@@ -44,4 +47,5 @@ def subgroup_names(teacher: DualEncoder, data: UnlearnData, names: Sequence[str]
     forget, retain = mean_probability(data.forget_images), mean_probability(data.retain_images)
     margin = forget - retain
     order = torch.argsort(margin, descending=True)[:count]
-    return [{"name": candidates[i], "forget": float(forget[i]), "retain": float(retain[i])} for i in order.tolist() if margin[i] > 0]
+    return [{"name": candidates[i], "forget": float(forget[i]), "retain": float(retain[i])} for i in order.tolist()
+            if margin[i] > 0 and forget[i] >= min_probability and forget[i] >= min_ratio * retain[i]]

@@ -29,7 +29,7 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import ForgetConfig, closed_form_edit, forget_stage
+from clipforget.methods.forget import ForgetConfig, closed_form_edit, forget_stage, projection_parameters
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.remind import DistillConfig, remind_stage
@@ -139,6 +139,16 @@ class Ours(Method):
         diagnostics: dict[str, dict[str, Any]] = {}
 
         def select() -> tuple[dict[str, Any], StateDict]:
+            names = subgroup_names(teacher, data, vocabulary(config.forget.vocabulary), config.forget.self_names,
+                                   min_probability=config.forget.self_name_min, min_ratio=config.forget.self_name_ratio)
+            if names:
+                log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
+            if config.forget.solver == "closed_form" and not config.use_remind:
+                params = projection_parameters(student)
+                layers = sorted({layer for layer, owned in student.layers().items() if set(owned) & set(params)})
+                log.info("no layer selection: the closed-form edit changes only the image projection (%s) and no "
+                         "remind stage follows", ", ".join(params))
+                return {"layers": layers, "params": params, "forget_names": names}, {}
             candidates = candidate_layers(student, config.select)
             scores = fisher_scores(student, data, candidates, config.select, stage_generator(seed, "select"))
             if config.use_relative_fisher:
@@ -149,9 +159,6 @@ class Ours(Method):
                 layers = sorted(candidates)
             params = sorted({p for layer in layers for p in candidates[layer]})
             log.info("selected %d layers: %s", len(layers), ", ".join(layers))
-            names = subgroup_names(teacher, data, vocabulary(config.forget.vocabulary), config.forget.self_names)
-            if names:
-                log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
             return {"scores": scores.to_dict(), "layers": layers, "params": params, "forget_names": names}, {}
 
         diagnostics["select"] = sel = run_stage(store, "select", student, select)
