@@ -32,7 +32,7 @@ class SelectConfig(Config):
     towers: candidate towers ("image", "text"). Default the text tower, which keeps every held-out set
         but lets the forget terms be met by moving a few text embeddings while the subgroup's images
         stay where they were (the audit shows it). ``[image]`` makes forgetting move the images
-        (docs/examples/methods/ours-image-side.yaml; docs/decisions.md has what it costs); ``[image, text]``
+        (docs/decisions.md has what it costs); ``[image, text]``
         is the paper's candidate set.
     include: regexes (``re.search`` on layer names); when non-empty a candidate must match one.
     exclude: regexes; a layer matching any is never a candidate.

@@ -41,14 +41,13 @@ class DistillConfig(Config):
         loss was still falling on springer-in-dog and the reminded weights forgot only 98% of the
         holdout (seed 1).
     kd_weight: weight of KL(teacher || student) over the class prompts.
-    embed_weight: weight of ``1 - cos`` between student and teacher image embeddings (5 with the image
-        tower tuned, docs/examples/methods/ours-image-side.yaml: it keeps the images forgetting does not concern
-        where they were; docs/decisions.md).
+    embed_weight: weight of ``1 - cos`` between student and teacher image embeddings (5 keeps the
+        images forgetting does not concern where they were when image layers are tuned; docs/decisions.md).
     forget_weight: weight of the forget loss kept active during reminding (default 5: on springer-in-dog
         the remind stage otherwise pulls unseen springer photos back to "dog"; 1 left Target 12%, 5 8%).
     use_calibration: also distil on the calibration images (when the data has them). They are also what
         the restore stage scores each alpha on, so a model distilled on them is scored on images it
-        was trained on; off in docs/examples/methods/ours-image-side.yaml (docs/decisions.md).
+        was trained on (docs/decisions.md, "the calibration leak").
     ce_weight: with distillation, also this weight of cross-entropy on the retain images' own labels
         (beyond the paper): distillation alone keeps the teacher's mistakes and cannot undo the forget
         term's pull on the subgroup's siblings (the CIFAR-10 dogs in springer-in-dog). Default 1,
