@@ -407,3 +407,30 @@ def test_ours_with_the_closed_form_edit_changes_only_the_image_projection(model)
     changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
     assert changed == {p for p in (proj.weight, proj.bias) if p}
     assert result.diagnostics["forget"]["solver"] == "closed_form"
+
+
+def test_the_name_overshoot_pushes_the_names_directions_on_their_own(model):
+    data = make_data(n=8)
+    names = ["cat", "tree"]
+    directions = forget_directions(model, data, names).double()
+    label_q = torch.linalg.svd(directions[[0, 3]].T, full_matrices=False)[0]
+
+    all_q = torch.linalg.svd(directions.T, full_matrices=False)[0]
+    names_q = torch.linalg.svd(all_q - label_q @ (label_q.T @ all_q), full_matrices=False)[0][:, :2]
+    with torch.no_grad():
+        z0 = model.image_outputs(data.forget_images).double()
+
+    def shares(name_overshoot) -> tuple[float, float]:
+        edited = clone_model(model)
+        config = ForgetConfig(target="project", solver="closed_form", overshoot=0.0, name_overshoot=name_overshoot,
+                              ridge=1e-6, retain_weight=0.0)
+        closed_form_edit(edited, data, config, names)
+        with torch.no_grad():
+            z = edited.image_outputs(data.forget_images).double()
+        return float((z @ label_q).norm() / z.norm()), float((z @ names_q).norm() / (z0 @ names_q).norm())
+
+    (label_same, names_same), (label_far, names_far) = shares(None), shares(2.0)
+    assert label_same < 0.05 and label_far < 0.05  # the label's directions are met either way
+    assert names_same < 0.05 and abs(names_far - 2.0) < 0.1  # the names' part: orthogonal, or mirrored twice as far
+    with pytest.raises(ValueError, match="name_overshoot"):
+        ForgetConfig(target="project", solver="closed_form", name_overshoot=-1)

@@ -70,6 +70,9 @@ class ForgetConfig(Config):
         solve, see :func:`closed_form_edit`. The selected layers are then left to the later stages.
     retain_weight: with "closed_form", the weight of keeping each retain image's output where it was,
         relative to moving each forget image's (per image).
+    name_overshoot: with "closed_form", the overshoot of the self-names' directions (their part not
+        already spanned by the forget text and label); None: ``overshoot``. Pushing the subgroup far
+        past its fine-grained name moves photos that look like it (docs/decisions.md).
     ridge: with "closed_form", the penalty on the edit's size, relative to the forget inputs' mean
         square (larger: a smaller edit that reaches fewer unseen images).
     self_names: also push the forget images off this many names the original model gives them, read
@@ -100,6 +103,7 @@ class ForgetConfig(Config):
     overshoot: float = 0.0
     solver: Literal["gradient", "closed_form"] = "gradient"
     retain_weight: float = 1.0
+    name_overshoot: float | None = None
     ridge: float = 1.0
 
     @property
@@ -118,6 +122,8 @@ class ForgetConfig(Config):
                 f"solver 'closed_form' solves for the projection target; set target: project (got {self.target!r})")
         require(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
         require(self.ridge > 0, f"ridge must be > 0, got {self.ridge}")
+        require(self.name_overshoot is None or 0 <= self.name_overshoot <= 4,
+                f"name_overshoot must be in [0, 4] (or null: the overshoot), got {self.name_overshoot}")
         require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
         require(0 <= self.self_name_min < 1, f"self_name_min is a probability in [0, 1), got {self.self_name_min}")
         require(self.self_name_ratio >= 0, f"self_name_ratio must be >= 0, got {self.self_name_ratio}")
@@ -196,6 +202,7 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     With ``f`` the projection's inputs and ``z = W f + b`` its outputs, the edit ``ΔW`` minimises
     ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²`` where ``g = −(1 + overshoot) Q Qᵀ z``
     takes the subgroup's text directions ``Q`` out of each forget output (:func:`projected_targets`),
+    (the self-names' part of ``Q`` pushed by ``name_overshoot`` instead when it is set),
     ``m`` is the retain inputs' mean (folded into the bias; 0 when the projection has no bias), ``λ`` is
     ``retain_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and ``n = |D_f|``. The change
     reaches an unseen image only through the part of its features that resembles the forget images'
@@ -209,9 +216,16 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     b = params[proj.bias].detach().double().cpu() if proj.bias else torch.zeros(w.shape[0], dtype=torch.float64)
     x = projection_inputs(model, data.forget_images).double()
     r = projection_inputs(model, data.retain_images).double()
-    q = _basis(forget_directions(model, data, forget_names).double().cpu())
+    directions = forget_directions(model, data, forget_names).double().cpu()
+    k = len(forget_names)
+    q = _basis(directions)
+    label = _basis(directions[[0, 1 + k]])  # the forget text and the label's class vector
+    names = q - label @ (label.T @ q)  # what the names add
+    u, s, _ = torch.linalg.svd(names, full_matrices=False)
+    names = u[:, s > 1e-3]
     z = x @ w.T + b
-    goal = -(1 + config.overshoot) * (z @ q) @ q.T
+    name_overshoot = config.overshoot if config.name_overshoot is None else config.name_overshoot
+    goal = -(1 + config.overshoot) * (z @ label) @ label.T - (1 + name_overshoot) * (z @ names) @ names.T
     mean = r.mean(0) if proj.bias else torch.zeros(x.shape[1], dtype=torch.float64)
     xc, rc = x - mean, r - mean
     n, dim = xc.shape
