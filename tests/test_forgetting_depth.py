@@ -31,7 +31,7 @@ def test_the_image_side_method_moves_the_springer_photos_off_their_names_and_out
     audit = json.loads((tmp_path / "run" / "audit.json").read_text())
     names, search, image = audit["parts"]["names"], audit["parts"]["search"], audit["parts"]["image"]
     # measured (seed 0, the closed-form edit): Target 0.0, worst prompt 2.0 (original 100), search 0.0
-    # (chance 4.1), cosine 0.67, Score 99.5, every held-out set within 0.3 points
+    # (chance 4.1), cosine 0.72, Score 98.5, every held-out set within 0.5 points
     assert result.unlearned.target <= 5.0
     assert max(p["unlearned"] for p in names["prompts"]) <= 5.0, "the subgroup is still found under another name"
     assert max(q["unlearned"]["share"] for q in search["queries"]) <= 2 * search["chance"]
