@@ -380,7 +380,30 @@ def imagenette_source(root: Path, identity: str) -> FileSource:
     return FileSource(root, tuple(entries), identity)
 
 
-class TorchvisionSource:
+class _SplitDatasets:
+    """A source over map-style datasets per split (``self._data``) whose items are (PIL image, label);
+    keys are ``"<split>/<index>"``."""
+
+    _data: dict[str, Any]
+    _entries: tuple[Entry, ...]
+    _identity: str
+
+    def entries(self) -> tuple[Entry, ...]:
+        return self._entries
+
+    def load(self, key: str) -> Image.Image:
+        split, _, index = key.partition("/")
+        try:
+            image = self._data[split][int(index)][0]
+        except (KeyError, ValueError, IndexError) as e:
+            raise ImageLoadError(f"{self._identity}: no image {key!r}") from e
+        return image.convert("RGB")
+
+    def identity(self) -> str:
+        return self._identity
+
+
+class TorchvisionSource(_SplitDatasets):
     """A ``torchvision.datasets`` class with a ``train`` flag (CIFAR10/100, MNIST, FashionMNIST, ...)."""
 
     def __init__(self, dataset: str, root: Path, download: bool):
@@ -402,19 +425,6 @@ class TorchvisionSource:
             for i, y in enumerate(ds.targets)
         )
 
-    def entries(self) -> tuple[Entry, ...]:
-        return self._entries
-
-    def load(self, key: str) -> Image.Image:
-        split, _, index = key.partition("/")
-        try:
-            image = self._data[split][int(index)][0]
-        except (KeyError, ValueError, IndexError) as e:
-            raise ImageLoadError(f"{self._identity}: no image {key!r}") from e
-        return image.convert("RGB")
-
-    def identity(self) -> str:
-        return self._identity
 
 
 @register_source_kind("torchvision")
@@ -469,7 +479,7 @@ def _dataset_labels(ds: Any) -> list[int]:
                       "export it as a webdataset (clip_benchmark_export_wds) and use dataset: wds/<name>")
 
 
-class ClipBenchmarkSource:
+class ClipBenchmarkSource(_SplitDatasets):
     """A CLIP_benchmark dataset, both splits where it has them; class names and templates are its own.
 
     ``wds/<name>`` datasets are streamed once per split and held in memory (they have no random access).
@@ -502,19 +512,6 @@ class ClipBenchmarkSource:
             entries += [Entry(f"{split}/{i}", classes[y], classes[y], split) for i, y in enumerate(labels)]
         self._entries = tuple(entries)
 
-    def entries(self) -> tuple[Entry, ...]:
-        return self._entries
-
-    def load(self, key: str) -> Image.Image:
-        split, _, index = key.partition("/")
-        try:
-            image = self._data[split][int(index)][0]
-        except (KeyError, ValueError, IndexError) as e:
-            raise ImageLoadError(f"{self._identity}: no image {key!r}") from e
-        return image.convert("RGB")
-
-    def identity(self) -> str:
-        return self._identity
 
 
 @register_source_kind("clip_benchmark")
