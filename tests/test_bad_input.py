@@ -26,7 +26,7 @@ from clipforget.cli import main
 from clipforget.methods import get_method
 from clipforget.models import load_model
 
-SMOKE = get_method("ours").smoke_config()
+SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 
 
 @dataclass

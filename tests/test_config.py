@@ -74,3 +74,16 @@ def test_method_variants_keep_list_values_whole(entry, overrides):
     name, parsed = parse_variant(entry)
     assert (name, parsed) == ("ours", overrides)
     assert OURS().with_overrides(parsed).forget.train.lr in (1e-3, OURS().forget.train.lr)
+
+
+def test_a_partial_nested_section_changes_only_the_fields_it_names():
+    from clipforget.methods.forget import ForgetConfig
+    from clipforget.methods.ours import OursConfig, PaperConfig
+
+    ours = OursConfig.from_dict({"forget": {"overshoot": 1.0, "train": {"steps": 5}}})
+    assert (ours.forget.solver, ours.forget.overshoot, ours.forget.ridge) == ("closed_form", 1.0, 3.0)
+    assert (ours.forget.train.steps, ours.forget.train.lr, ours.forget.train.batch_size) == (5, 1e-3, 32)
+    assert PaperConfig.from_dict({"forget": {"delta": -0.3}}).forget.solver == "gradient"
+    assert ForgetConfig.from_dict({"train": {"steps": 7}}).train.lr == 1e-3  # the section's own default, not TrainConfig's
+    with pytest.raises(ConfigError, match="forget.train.*unknown field"):
+        OursConfig.from_dict({"forget": {"train": {"stepz": 1}}})

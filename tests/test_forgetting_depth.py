@@ -27,7 +27,7 @@ def test_the_image_side_method_moves_the_springer_photos_off_their_names_and_out
         build_scenario("springer-in-dog")
     except DataNotFoundError as e:
         pytest.skip(f"springer-in-dog needs ../shared/data (CIFAR-10 and Imagenette archives): {e}")
-    result = run_forget("testbed", "springer-in-dog", tmp_path / "run", seed=0, config=EXAMPLES / "methods" / "ours-image-side.yaml")
+    result = run_forget("testbed", "springer-in-dog", tmp_path / "run", seed=0, method="ours")
     audit = json.loads((tmp_path / "run" / "audit.json").read_text())
     names, search, image = audit["parts"]["names"], audit["parts"]["search"], audit["parts"]["image"]
     # measured (seed 0, the closed-form edit): Target 0.0, worst prompt 2.0 (original 100), search 0.0

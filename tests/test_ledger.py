@@ -22,7 +22,7 @@ from clipforget.methods.scoring import Forgotten, forgotten_accuracy, make_score
 from clipforget.models import load_model
 from clipforget.pipeline import run_forget
 
-SMOKE = dataclasses.replace(get_method("ours").smoke_config(), restore=RestoreConfig(grid=(1.0,)))  # weights change
+SMOKE = dataclasses.replace(get_method("ours-paper").smoke_config(), restore=RestoreConfig(grid=(1.0,)))  # every stage; weights change
 AUDIT = AuditConfig(parts=("names", "search"), templates=("a photo of a {}.", "itap of a {}."))
 
 

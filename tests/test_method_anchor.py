@@ -111,8 +111,8 @@ def test_bad_anchor_config_is_a_clear_error(field, value, message):
         AnchorConfig(**{field: value})
 
 
-def test_ours_applies_the_anchor_in_the_configured_stages_only(model):
-    method = get_method("ours")
+def test_the_paper_method_applies_the_anchor_in_the_configured_stages_only(model):
+    method = get_method("ours-paper")
     smoke = method.smoke_config()
     assert smoke.select.towers == ("text",)  # the anchor only acts when text layers are tuned
     for stages in (("remind",), ("forget", "remind")):

@@ -106,12 +106,12 @@ def test_resume_from_the_store_skips_finished_stages(name, model, monkeypatch):
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
-    full = run("ours", model)
+    full = run("ours-paper", model)
     store = InMemoryStore()
-    run("ours", model, store=store)
+    run("ours-paper", model, store=store)
     for stage in ("remind", "restore"):  # as if killed after the forget stage
         store.payloads.pop(stage)
-    resumed = run("ours", model, store=store)
+    resumed = run("ours-paper", model, store=store)
     sf, sr = full.model.model.state_dict(), resumed.model.model.state_dict()
     assert all(torch.equal(sf[k], sr[k]) for k in sf)
 
@@ -120,6 +120,6 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
 def test_every_shipped_method_config_is_valid(path):
     from clipforget.pipeline import resolve_method_config
 
-    name = path.stem.split("-")[0]  # ours-image-side.yaml configures "ours"
+    name = path.stem.split("-")[0]  # ours-<variant>.yaml configures "ours"
     config = resolve_method_config(name, path)
     assert config != get_method(name).config_class(), f"{path.name} changes nothing"

@@ -382,11 +382,11 @@ def test_forget_names_join_the_forget_label_in_the_class_term(model):
     assert named > alone  # the joint probability of the label and the names is larger than the label's
 
 
-def test_ours_on_image_candidates_changes_the_image_tower_only(model):
+def test_the_paper_method_on_image_candidates_changes_the_image_tower_only(model):
     from clipforget.methods import get_method
 
-    method = get_method("ours")
-    # as docs/examples/methods/ours-image-side.yaml; the souped choice may be the original, so no souping here
+    method = get_method("ours-paper")
+    # the souped choice may be the original, so no souping here
     config = method.smoke_config().with_overrides(["select.towers=[image]", "forget.self_names=2", "use_souping=false"])
     result = method.run(model, make_data(), config, seed=0)
     before, after = model.model.state_dict(), result.model.model.state_dict()
@@ -407,6 +407,22 @@ def test_ours_with_the_closed_form_edit_changes_only_the_image_projection(model)
     changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
     assert changed == {p for p in (proj.weight, proj.bias) if p}
     assert result.diagnostics["forget"]["solver"] == "closed_form"
+
+
+def test_ours_by_default_edits_only_the_image_projection_and_ours_paper_tunes_the_text_tower(model):
+    from clipforget.methods import get_method
+
+    proj = model.image_projection()
+    ours = get_method("ours")
+    result = ours.run(model, make_data(), ours.smoke_config(), seed=0)
+    assert changed_keys(model.model.state_dict(), result.model.model.state_dict()) == {p for p in (proj.weight, proj.bias) if p}
+    assert set(result.diagnostics) == {"select", "forget"}  # no remind, no restore
+    paper = get_method("ours-paper")
+    config = paper.smoke_config()
+    assert (config.forget.solver, config.select.towers, config.use_remind, config.use_souping) == ("gradient", ("text",), True, True)
+    result = paper.run(model, make_data(), config.with_overrides(["use_souping=false"]), seed=0)
+    changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
+    assert changed and all(model.tower_of(k) == "text" for k in changed)
 
 
 def test_the_name_overshoot_pushes_the_names_directions_on_their_own(model):

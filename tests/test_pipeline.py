@@ -21,7 +21,7 @@ from clipforget.models import load_model
 from clipforget.pipeline import run_forget
 from clipforget.rundir import ResumeError
 
-SMOKE = get_method("ours").smoke_config()
+SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 AUDIT = AuditConfig(templates=("a photo of a {}.", "itap of a {}."), relearn_steps=(1, 2))  # seconds on tiny models
 
 

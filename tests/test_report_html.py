@@ -24,7 +24,7 @@ from clipforget.pipeline import run_forget
 from clipforget.report import write_report
 from clipforget.report_html import RunFiles, run_warnings
 
-SMOKE = get_method("ours").smoke_config()
+SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 AUDIT = AuditConfig(templates=("a photo of a {}.",), relearn_steps=(1,))
 
 

@@ -166,7 +166,7 @@ DEMO_SCENARIO_LOCAL = "fmnist-sneaker-local"  # needs only Debian's dataset-fash
 
 
 def demo(*, out: str | Path = "runs/demo", device: str = "cpu", batch_size: int = 64) -> ForgetResult:
-    """The built-in default: the paper's method on the offline testbed model, with its report.
+    """The built-in default: ``ours`` on the offline testbed model, with its report.
 
     Uses ``cifar10-cat`` when the CIFAR-10 / Imagenette archives are found, else Fashion-MNIST alone.
     """

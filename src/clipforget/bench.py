@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 
 SAVE_MODELS = ("none", "ours", "best", "all")
-"""Which cells keep their unlearned model folder: none; the cells of ``ours`` and its variants (the
+"""Which cells keep their unlearned model folder: none; the cells of :data:`OURS` and their variants (the
 default: baselines' models are rarely wanted, and a ViT-L bench of full copies fills a disk); per
 scenario only the cell with the best Score so far; every cell."""
+OURS = ("ours", "ours-paper")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@%-]")
 
@@ -161,7 +162,7 @@ def run_bench(
             for i, (m, s) in enumerate(todo, 1):
                 log.info("bench cell %d/%d: %s / %s / seed %d", i, len(todo), name, m, s)
                 cell = cell_dir(out, name, m, s)
-                keep = save_models in ("all", "best") or (save_models == "ours" and variants[m][0] == "ours")
+                keep = save_models in ("all", "best") or (save_models == "ours" and variants[m][0] in OURS)
                 run_method(prepared, cell, method=variants[m][0], config=resolved[m], seed=s, device=device,
                            batch_size=batch_size, image_prefix=image_prefix, audit=audit, save_model=keep,
                            restart=restart)

@@ -15,8 +15,10 @@ import yaml
 # name -> (what it is, what data it uses). Every method also needs the forget text and the
 # calibration images (D_m), on which it chooses its weights.
 METHODS: dict[str, tuple[str, str]] = {
-    "ours": ("the paper's method: relative-Fisher layer choice, LoRA forgetting, remind (align + distil), "
-             "restore by souping", "D_f, D_r, D_m"),
+    "ours": ("forgets the images: a closed-form edit of the image projection takes the subgroup's text "
+             "directions off its images and keeps the retain images' outputs (beyond the paper)", "D_f, D_r, D_m"),
+    "ours-paper": ("the paper's method: relative-Fisher layer choice, LoRA forgetting, remind (align + distil), "
+                   "restore by souping", "D_f, D_r, D_m"),
     "ga": ("gradient ascent on the forget images (Thudi et al. 2022)", "D_f"),
     "neggrad+": ("gradient ascent on D_f plus cross-entropy on D_r (Kurmanji et al. 2023)", "D_f, D_r"),
     "ft": ("fine-tune on the retain set only; forgetting by drift (Warnecke et al. 2023)", "D_r"),

@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the scenario's seed (default: 0)")
     _common(p)
 
-    p = command("demo", "the built-in default: the paper's method on the testbed model, with its report", epilog="")
+    p = command("demo", "the built-in default: the method (ours) on the testbed model, with its report", epilog="")
     p.add_argument("--out", default="runs/demo", help="where the run directory goes (default: runs/demo)")
     _common(p)
 

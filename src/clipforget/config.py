@@ -148,6 +148,24 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping given for a nested section, completed from that field's own default: a YAML
+    ``forget: {overshoot: 1}`` changes one field of the method's forget section, not the section's
+    class defaults."""
+    if not isinstance(value, Mapping):
+        return value
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return _fill(default, value) if isinstance(default, Config) else value
+
+
+def _fill(default: Config, value: Mapping[str, Any]) -> dict[str, Any]:
+    out = default.to_dict()
+    for k, v in value.items():
+        sub = getattr(default, k, None) if k in out else None
+        out[k] = _fill(sub, v) if isinstance(sub, Config) and isinstance(v, Mapping) else v
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Base class: ``from_dict`` / ``to_dict`` / YAML / overrides for frozen dataclasses."""
@@ -161,7 +179,8 @@ class Config:
             raise ConfigError(
                 f"{where or cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(fields)}"
             )
-        kwargs = {k: _convert(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+        kwargs = {k: _convert(hints[k], _onto_default(fields[k], v), f"{where + '.' if where else ''}{k}")
+                  for k, v in data.items()}
         try:
             return cls(**kwargs)
         except TypeError as e:  # a required field is missing

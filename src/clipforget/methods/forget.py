@@ -78,7 +78,7 @@ class ForgetConfig(Config):
     self_names: also push the forget images off this many names the original model gives them, read
         from ``vocabulary`` (:mod:`clipforget.methods.naming`; beyond the paper): their prompts join the
         forget text in the similarity term and the forget label in the class term (and, with the
-        closed-form solver, the directions taken off). 0: off (5 in docs/examples/methods/ours-image-side.yaml).
+        closed-form solver, the directions taken off). 0: off (5 in the default of method ``ours``).
     self_name_min: take a name only if the original model gives it at least this mean probability on
         the forget images (among the vocabulary): a name the model hardly uses for them says little
         about them, and taking its direction off moves unrelated images (docs/decisions.md). 0: off.
