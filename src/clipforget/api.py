@@ -92,13 +92,17 @@ def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), *
 
 def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, seed: int = 0,
           config: AuditSetting = True, device: str = "cpu", batch_size: int = 64,
-          image_prefix: str | None = "auto") -> AuditResult:
+          image_prefix: str | None = "auto", precision: str | None = "auto") -> AuditResult:
     """Audit the unlearned ``model`` against ``original`` on ``scenario``; writes out/audit.json and audit.md.
 
     Images are preprocessed once per preprocessing (twice only when the two models differ in it).
     ``image_prefix`` ("auto": the backend's default) runs both models from that image stage on, on
     activations computed once, when the two agree on every weight and buffer before it; else whole images.
+    ``precision``: as for :func:`clipforget.pipeline.run_forget`.
     """
+    from clipforget.precision import autocast, resolve_precision
+
+    precision = resolve_precision(precision, device)
     out = Path(out)
     _check_audit_out(out, (model, original))
     audit_cfg = resolve_audit_config(config)
@@ -120,9 +124,10 @@ def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, s
         images = after_images = map_images(images, lambda x: view.prefix(x, batch_size))
     else:
         image_prefix = None
-    result = _audit(before, after, splits, images, audit_cfg, seed=seed, tuned=tuned, unlearned_images=after_images)
+    with autocast(precision, device):
+        result = _audit(before, after, splits, images, audit_cfg, seed=seed, tuned=tuned, unlearned_images=after_images)
     atomic_write_json(out / "audit.json", {"model": model, "original": original, "scenario": splits.name,
-                                           "image_prefix": image_prefix, **result.to_dict()})
+                                           "image_prefix": image_prefix, "precision": precision, **result.to_dict()})
     write_audit_report(out, f"clipforget audit: {model} against {original} on {splits.name}")
     return result
 

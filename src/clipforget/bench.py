@@ -100,6 +100,7 @@ def run_bench(
     audit: Any = True,
     save_models: str = "ours",
     restart: bool = False,
+    precision: str | None = "auto",
 ) -> str:
     """Run the grid and return the Markdown table.
 
@@ -107,7 +108,8 @@ def run_bench(
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
     ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
     ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` redoes the cells whose stored stages
-    or results belong to another run (else such a cell is refused).
+    or results belong to another run (else such a cell is refused); ``precision`` as for
+    :func:`clipforget.pipeline.run_forget`.
     """
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
@@ -121,7 +123,10 @@ def run_bench(
     )
     from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, describe_key_change, open_bench_dir, same_key, stored_key
 
+    from clipforget.precision import resolve_precision
+
     audit = resolve_audit_config(audit)
+    precision = resolve_precision(precision, device)
 
     out = Path(out)
     methods = list(methods or list_methods())
@@ -139,7 +144,7 @@ def run_bench(
     with open_bench_dir(out):
         for scenario in scenarios:
             name = load_scenario_config(scenario).name
-            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size)
+            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, precision=precision)
             todo = []
             for m, s in ((m, s) for m in methods for s in seeds):
                 cell = cell_dir(out, name, m, s)

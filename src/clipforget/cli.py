@@ -59,6 +59,9 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-prefix", type=_prefix, default="auto",
                    help="first image stage methods may change; earlier stages run once per image "
                         "(default: auto = the backend's choice; none = whole images)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="forward passes in fp32 or mixed precision by autocast (weights stay fp32); "
+                        "default auto: bf16 on a CUDA GPU that supports it, else fp32")
 
 
 def _audit(p: argparse.ArgumentParser) -> None:
@@ -275,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
         result = api.forget(
             args.model, args.scenario, out=args.out, method=args.method, config=args.config,
             overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
-            image_prefix=args.image_prefix, audit=_audit_setting(args), restart=args.restart,
+            image_prefix=args.image_prefix, audit=_audit_setting(args), restart=args.restart, precision=args.precision,
         )
         print(f"report: {result.run_dir / 'report.html'}")
         for warning in result.warnings:
@@ -286,14 +289,14 @@ def _run(args: argparse.Namespace) -> int:
         table = api.bench(
             args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
             device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-            audit=_audit_setting(args), save_models=args.save_models, restart=args.restart,
+            audit=_audit_setting(args), save_models=args.save_models, restart=args.restart, precision=args.precision,
         )
         print(table)
         print(f"report: {Path(args.out) / 'report.html'}")
     elif args.command == "audit":
         result = api.audit(
             args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
-            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix, precision=args.precision,
         )
         print(api.format_audit(result))
         print(f"audit: {Path(args.out) / 'audit.md'}")

@@ -36,6 +36,7 @@ is re-checked afterwards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -78,6 +79,7 @@ from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score
 from clipforget.models import DualEncoder, check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
+from clipforget.precision import autocast, resolve_precision
 from clipforget.report import write_report
 from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir
 from clipforget.runinfo import Timer, git_commit, package_versions
@@ -239,6 +241,7 @@ class Prepared:
     load_seconds: float
     ledger: ledgers.Ledger = field(default_factory=ledgers.Ledger)
     earlier: ledgers.EarlierRequests = field(default_factory=ledgers.EarlierRequests)
+    precision: str = "fp32"  # of every run on it (clipforget.precision), the original's metrics included
     _views: dict[str | None, TrainingView] = field(default_factory=dict)
     _digests: dict[str, str] = field(default_factory=dict)
 
@@ -302,8 +305,9 @@ def map_images(images: ScenarioImages, fn) -> ScenarioImages:
 
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
-            model: DualEncoder | None = None) -> Prepared:
-    """Load the model, build the scenario's splits, preprocess every image, score the original model."""
+            model: DualEncoder | None = None, precision: str = "fp32") -> Prepared:
+    """Load the model, build the scenario's splits, preprocess every image, score the original model
+    (at ``precision``, :mod:`clipforget.precision`)."""
     start = time.perf_counter()
     scenario_cfg = load_scenario_config(scenario)
     log.info("loading %s", model_id)
@@ -322,9 +326,11 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
                  ", ".join(r["scenario"] for r in ledger.requests))
         earlier = ledgers.load_earlier(ledger, original.preprocess, batch_size=batch_size)
     log.info("scoring the original model")
-    metrics = evaluate(original, splits, images, batch_size=batch_size)
+    with autocast(precision, device):
+        metrics = evaluate(original, splits, images, batch_size=batch_size)
     log.info("original model: %s", _brief(metrics))
-    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start, ledger, earlier)
+    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start, ledger, earlier,
+                    precision=precision)
 
 
 def _brief(m: ScenarioMetrics) -> str:
@@ -346,16 +352,19 @@ def run_forget(
     image_prefix: str | None = "auto",
     audit: AuditSetting = True,
     restart: bool = False,
+    precision: str | None = "auto",
 ) -> ForgetResult:
     """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs.
 
     ``restart``: discard what an earlier run wrote into ``out`` (else a run with another key is refused).
+    ``precision``: fp32, bf16 or fp16 (autocast; weights stay fp32), "auto" for the device's default.
     """
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
     audit_cfg = resolve_audit_config(audit)
-    check_device(device)  # and on a bad device or --out
+    check_device(device)  # and on a bad device, precision or --out
+    precision = resolve_precision(precision, device)
     check_output_dir(out, [model_id])
-    prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model)
+    prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model, precision=precision)
     return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
                       batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)
 
@@ -365,8 +374,9 @@ def run_config(prepared: Prepared, *, method: str, config: Config, seed: int, de
     """The resolved config of one run (``config.yaml``; with the prepared digests, its resume key)."""
     if image_prefix == "auto":
         image_prefix = prepared.model.default_image_prefix
+    lower = {} if prepared.precision == "fp32" else {"precision": prepared.precision}  # fp32 runs keep their keys
     return {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method,
-            "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix}
+            "method_config": config.to_dict(), "seed": seed, "device": device, "image_prefix": image_prefix, **lower}
 
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
@@ -409,14 +419,16 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     torch.manual_seed(seed)
     log.info("method %s, seed %d, into %s", method, seed, out)
     original_metrics = prepared.original_metrics
+    precise = functools.partial(autocast, prepared.precision, prepared.model.device)
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
-        result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"), seed=seed,
-                                                      forgotten=view.forgotten)
+        with precise():
+            result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"),
+                                                          seed=seed, forgotten=view.forgotten)
     events = [{"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}} for stage, diag in result.diagnostics.items()]
     atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
     log.info("scoring the unlearned model")
-    with timer("evaluate_unlearned"):
+    with timer("evaluate_unlearned"), precise():
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
     log.info("unlearned model: %s", _brief(unlearned_metrics))
     unlearned_view = result.model
@@ -424,7 +436,8 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     warnings = result_warnings(prepared.model, result.model, result.diagnostics)
-    rechecked = _recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
+    with precise():
+        rechecked = _recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
     warnings += ledgers.recheck_warnings(rechecked)
     for w in warnings:
         log.warning("%s", w)
@@ -437,7 +450,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         (out / "audit.json").unlink(missing_ok=True)  # never report a stale audit
     else:
         log.info("audit: %s", ", ".join(audit_cfg.parts))
-        with timer("audit"):  # view.model is the original in the method's view (methods clone it)
+        with timer("audit"), precise():  # view.model is the original in the method's view (methods clone it)
             audited = run_audit(view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed=seed)
         atomic_write_json(out / "audit.json", audited.to_dict())
     if save_model:

@@ -79,10 +79,14 @@ def state_dict_digest(state: Mapping[str, Tensor]) -> str:
 
 
 def classifier_cache_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    """The cache key of a classifier: a hash of the model weights, the class names and the templates."""
+    """The cache key of a classifier: a hash of the model weights, the class names, the templates and
+    the autocast precision it is computed at."""
+    device_type = model.device.type
+    autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
     payload = json.dumps(
         {
             "format": _CACHE_FORMAT,
+            **({"autocast": autocast} if autocast else {}),
             "weights": state_dict_digest(model.state_dict_model()),
             "classnames": list(classnames),
             "templates": list(templates),

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from clipforget.config import Config, require
+from clipforget.precision import grad_scaler
 from clipforget.progress import progress
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def train_loop(
     if not params:
         raise ValueError(f"{desc}: nothing to train (no parameter requires grad)")
     optimizer = make_optimizer(params, config)
+    scaler = grad_scaler(params[0].device.type)  # under fp16 autocast only
     ema = [p.detach().clone() for p in params] if config.ema_decay is not None else None
     result = TrainLog()
     for step in progress(range(config.steps), desc=desc, unit="steps"):
@@ -125,10 +127,18 @@ def train_loop(
                 f"(now {config.lr}) or check the inputs for NaN"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - config.ema_decay)

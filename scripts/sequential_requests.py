@@ -1,0 +1,101 @@
+"""Three forget requests one after another on the testbed, and every subgroup's figures after each step.
+
+    python scripts/sequential_requests.py OUT [--method ours] [--seed 0] [--scenarios S1 S2 S3]
+
+Request k runs ``clipforget forget`` on the model request k-1 wrote (the first on ``testbed``), so each
+run continues the ledger: the model as received is its teacher and endpoint, its weight choice keeps
+the earlier subgroups forgotten, and it re-checks them (``ledger_check.json``). A finished step is
+kept. Then every model of the sequence (the original and after each step) is scored on every
+scenario: Target, worst-prompt Target (the audit's names test against the original) and Retain, and
+each scenario's held-out sets. Prints Markdown tables and writes ``OUT/sequence.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from clipforget.audit import AuditConfig
+from clipforget.audit import audit as run_audit
+from clipforget.data import build_scenario, load_scenario_config, open_sources
+from clipforget.evaluation import evaluate
+from clipforget.io import atomic_write_json
+from clipforget.models import load_model
+from clipforget.pipeline import load_scenario_images, run_forget
+
+SCENARIOS = ("cifar10-cat", "fmnist-sneaker", "springer-in-dog")
+
+
+def _finished(run: Path) -> bool:
+    try:
+        return json.loads((run / "run.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def run_sequence(out: Path, scenarios, method: str, seed: int) -> list[tuple[str, str]]:
+    """Run the requests in order; returns ``(step name, model id)`` for the original and each step."""
+    models, model_id = [("original", "testbed")], "testbed"
+    for k, scenario in enumerate(scenarios, 1):
+        run = out / f"{k}-{scenario}"
+        if not _finished(run):
+            run_forget(model_id, scenario, run, method=method, seed=seed)
+        model_id = f"testbed@{run / 'model'}"
+        models.append((f"after {k} ({scenario})", model_id))
+    return models
+
+
+def score_all(models, scenarios, seed: int) -> dict:
+    """Every model on every scenario: Target, worst prompt, Retain and held-out accuracy."""
+    names_only = AuditConfig(parts=("names",))
+    original = load_model("testbed").eval()
+    table: dict = {}
+    for scenario in scenarios:
+        config = load_scenario_config(scenario)
+        splits = build_scenario(config)
+        images = load_scenario_images(splits, open_sources(config), original.preprocess)
+        for step, model_id in models:
+            model = original if model_id == "testbed" else load_model(model_id).eval()
+            metrics = evaluate(model, splits, images)
+            names = run_audit(original, model, splits, images, names_only, seed=seed, tuned=()).parts["names"]
+            table.setdefault(step, {})[scenario] = {
+                "target": metrics.target, "target_worst": names["target_worst"]["unlearned"],
+                "retain": metrics.retain, "heldout": dict(metrics.heldout)}
+            logging.info("%s on %s: Target %.1f, worst prompt %.1f, Retain %.1f", step, scenario, metrics.target,
+                         names["target_worst"]["unlearned"], metrics.retain)
+    return table
+
+
+def markdown(table: dict, scenarios) -> str:
+    head = ["model", *(f"{s}: Target / worst / Retain" for s in scenarios), "held-out sets (mean over scenarios' sets)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step, per in table.items():
+        cells = [f"{per[s]['target']:.1f} / {per[s]['target_worst']:.1f} / {per[s]['retain']:.1f}" for s in scenarios]
+        held = [v for s in scenarios for v in per[s]["heldout"].values()]
+        lines.append("| " + " | ".join([step, *cells, f"{sum(held) / len(held):.1f}"]) + " |")
+    detail = ["", "| model | " + " | ".join(f"{s}: {h}" for s in scenarios for h in table["original"][s]["heldout"]) + " |",
+              "|" + "---|" * (1 + sum(len(table["original"][s]["heldout"]) for s in scenarios))]
+    for step, per in table.items():
+        detail.append("| " + " | ".join([step, *(f"{v:.1f}" for s in scenarios for v in per[s]["heldout"].values())]) + " |")
+    return "\n".join(lines + detail) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--method", default="ours")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenarios", nargs=3, default=list(SCENARIOS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = run_sequence(args.out, args.scenarios, args.method, args.seed)
+    table = score_all(models, args.scenarios, args.seed)
+    atomic_write_json(args.out / "sequence.json", {"method": args.method, "seed": args.seed, "models": models, "table": table})
+    print(markdown(table, args.scenarios))
+
+
+if __name__ == "__main__":
+    main()
