@@ -13,12 +13,12 @@ each scenario's held-out sets. Prints Markdown tables and writes ``OUT/sequence.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
+from clipforget.bench import _finished
 from clipforget.data import build_scenario, load_scenario_config, open_sources
 from clipforget.evaluation import evaluate
 from clipforget.io import atomic_write_json
@@ -26,13 +26,6 @@ from clipforget.models import load_model
 from clipforget.pipeline import load_scenario_images, run_forget
 
 SCENARIOS = ("cifar10-cat", "fmnist-sneaker", "springer-in-dog")
-
-
-def _finished(run: Path) -> bool:
-    try:
-        return json.loads((run / "run.json").read_text()).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
 
 
 def run_sequence(out: Path, scenarios, method: str, seed: int) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from typing import Any
 from clipforget.audit import audit_summary
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods import get_method, list_methods
+from clipforget.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,6 @@ def run_bench(
         run_method,
     )
     from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, describe_key_change, open_bench_dir, same_key, stored_key
-
-    from clipforget.precision import resolve_precision
 
     audit = resolve_audit_config(audit)
     precision = resolve_precision(precision, device)

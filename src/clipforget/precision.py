@@ -42,13 +42,6 @@ def autocast(precision: str, device: str | torch.device) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def full_precision(device_type: str) -> Iterator[None]:
-    """Leave any enclosing autocast (for solves and statistics that need fp32 or fp64)."""
-    with torch.autocast(device_type, enabled=False):
-        yield
-
-
 def grad_scaler(device_type: str) -> torch.amp.GradScaler | None:
     """A loss scaler when fp16 autocast is active on ``device_type``, else None."""
     if torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16:

@@ -426,7 +426,6 @@ class TorchvisionSource(_SplitDatasets):
         )
 
 
-
 @register_source_kind("torchvision")
 def _torchvision(config: SourceConfig) -> ImageSource:
     require(config.dataset is not None, "a 'torchvision' source needs 'dataset', e.g. CIFAR10")
@@ -511,7 +510,6 @@ class ClipBenchmarkSource(_SplitDatasets):
             self._data[split] = ds
             entries += [Entry(f"{split}/{i}", classes[y], classes[y], split) for i, y in enumerate(labels)]
         self._entries = tuple(entries)
-
 
 
 @register_source_kind("clip_benchmark")
