@@ -205,3 +205,36 @@ def test_the_souping_endpoint_of_a_second_request_is_the_model_as_received(first
     result = run_forget(received, scenarios[1], tmp_path / "run", config=only_endpoint, seed=0, audit=False)
     assert same_weights(result.model, load_model(received))
     assert not same_weights(result.model, load_model(base))
+
+
+def test_one_run_forgets_two_scenarios_at_once_and_ledgers_both(base, scenarios, tmp_path):
+    from clipforget.together import run_forget_together
+
+    out = tmp_path / "both"
+    config = get_method("ours").smoke_config()
+    results = run_forget_together(base, list(scenarios), out, config=config, seed=0, audit=AUDIT)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["requests"]) == ["tiny-springer", "tiny-tabby"] and metrics["weights_changed"]
+    for name, r in zip(metrics["requests"], results):
+        assert (out / name / "audit.json").exists() and (out / name / "sets.json").exists()
+        assert metrics["requests"][name]["score"] == r.score
+        before, after = metrics["edit"]["requests"][name]["before"], metrics["edit"]["requests"][name]["final"]
+        assert after["forget_similarity"] < before["forget_similarity"]  # each subgroup's held-out D_f moved off its text
+    model_id = f"openclip:local-dir:{out / 'model'}"
+    unlearned, original = load_model(model_id), load_model(base)
+    proj = unlearned.image_projection()
+    changed = {k for k, v in original.model.state_dict().items() if not torch.equal(v, unlearned.model.state_dict()[k])}
+    assert changed == {p for p in (proj.weight, proj.bias) if p}
+    ledger = read_ledger(model_id, unlearned)
+    assert [r["scenario"] for r in ledger.requests] == ["tiny-springer", "tiny-tabby"]
+    assert ledger.requests[0]["method_config"]["together_with"] == ["tiny-tabby"]
+
+
+def test_forgetting_together_refuses_what_it_cannot_do_in_one_line(base, scenarios, tmp_path, capsys):
+    args = ["forget", "--model", base, "--scenario", str(scenarios[0]), "--scenario", str(scenarios[1])]
+    assert main([*args, "--method", "ours-paper", "--out", str(tmp_path / "a")]) == 2
+    assert "one after another" in capsys.readouterr().err
+    assert main(["forget", "--model", base, "--scenario", str(scenarios[0]), "--scenario", str(scenarios[0]),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "named twice" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from clipforget.methods import NonFiniteLossError, TrainConfig, UnlearnData, train_loop
+from clipforget.methods import NonFiniteLossError, TrainConfig, UnlearnData, get_method, train_loop
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.align import (
     AlignConfig,
@@ -450,3 +451,57 @@ def test_the_name_overshoot_pushes_the_names_directions_on_their_own(model):
     assert names_same < 0.05 and abs(names_far - 2.0) < 0.1  # the names' part: orthogonal, or mirrored twice as far
     with pytest.raises(ValueError, match="name_overshoot"):
         ForgetConfig(target="project", solver="closed_form", name_overshoot=-1)
+
+
+def test_one_joint_edit_of_one_request_is_the_single_runs_edit(model):
+    from clipforget.methods import get_method
+    from clipforget.methods.ours import forget_together
+
+    ours = get_method("ours")
+    config = ours.smoke_config().with_overrides(["forget.self_names=0"])
+    single = ours.run(model, make_data(n=8), config, seed=3).model
+    joint, info = forget_together([(model, make_data(n=8))], config, seed=3)
+    for (k, a), b in zip(single.model.state_dict().items(), joint.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert len(info["requests"]) == 1 and info["edit_norm"] > 0
+
+
+def test_a_joint_edit_takes_every_requests_directions_off_its_own_images(model):
+    from clipforget.methods.ours import forget_together
+
+    first = make_data(seed=0, n=8)
+    second = dataclasses.replace(make_data(seed=1, n=8), forget_text="a photo of a parrot", forget_label=3)
+    config = get_method("ours").smoke_config().with_overrides(["forget.self_names=0", "forget.ridge=1e-6",
+                                                              "forget.overshoot=0", "forget.retain_weight=0"])
+    joint, _ = forget_together([(model, first), (model, second)], config, seed=0, holdout=0.0)
+
+    def along(m, data) -> float:  # share of the forget outputs' norm inside the request's own directions
+        q = torch.linalg.svd(forget_directions(model, data).T.double(), full_matrices=False)[0]
+        with torch.no_grad():
+            z = m.image_outputs(data.forget_images).double()
+        return float(((z @ q).norm(dim=-1) / z.norm(dim=-1)).mean())
+
+    for data in (first, second):
+        assert along(model, data) > 0.05 and along(joint, data) < 0.2 * along(model, data)
+
+
+def test_kept_images_stay_where_they_were(model):
+    data, earlier = make_data(seed=0, n=8), make_data(seed=2, n=8).forget_images
+    with torch.no_grad():
+        start = model.image_outputs(earlier).clone()
+
+    def drift(keep) -> float:
+        edited = clone_model(model)
+        closed_form_edit(edited, data, ForgetConfig(target="project", solver="closed_form", ridge=1e-3), keep=keep)
+        with torch.no_grad():
+            return float((edited.image_outputs(earlier) - start).norm() / start.norm())
+
+    assert drift([earlier]) < 0.5 * drift([])
+
+
+def test_only_the_closed_form_edit_joins_requests(model):
+    from clipforget.config import ConfigError
+    from clipforget.methods.ours import forget_together
+
+    with pytest.raises(ConfigError, match="one after another"):
+        forget_together([(model, make_data()), (model, make_data(seed=1))], get_method("ours-paper").smoke_config())

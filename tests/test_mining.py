@@ -49,6 +49,17 @@ def test_a_contrast_name_nearer_than_the_query_keeps_an_image_out_of_the_forget_
     assert mine_sets(images, query, classes, 0, MineConfig(), contrast_emb=rival).forget == (0,)
 
 
+def test_the_label_rule_forgets_the_whole_class_and_retains_none_of_it():
+    images = _unit([1, 0, 2], [1, 0.5, 0], [2, 0.1, 0], [0, 1, 0], [0.1, 1, 0])
+    classes, query = _unit([1, 0, 0], [0, 1, 0]), _unit([0, 0.2, 1])  # the query is nearest no image but the first
+    sets = mine_sets(images, query, classes, 0, MineConfig(forget_rule="label"))
+    assert sets.forget == (2, 0, 1)  # every image classified as the label, most confident first
+    assert 0 not in sets.retain and 0 not in sets.calibration and sets.retain[1] == (3, 4)
+    assert mine_sets(images, query, classes, 0, MineConfig(forget_rule="label", forget_count=2)).forget == (2, 0)
+    with pytest.raises(ValueError, match="forget_rule"):
+        MineConfig(forget_rule="nearest")
+
+
 def test_test_positions_spread_over_the_order_and_leave_a_train_image():
     assert held_for_test(10, 0.3) == {1, 5, 8}
     assert held_for_test(2, 0.3) == {1} and held_for_test(3, 0.9) == {0, 2}
@@ -130,3 +141,9 @@ def test_the_cli_mines_and_reports_precision_and_recall(pool, tmp_path, capsys, 
     assert main([*argv[:-1], str(tmp_path / "n.yaml"), "--label", "horse"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "'horse' is not in the label space" in errors[0]
+    assert main([*argv[:-1], str(tmp_path / "k.yaml"), "--forget-count", "3"]) == 0  # the flag the errors name
+    assert json.loads((tmp_path / "k.mining.json").read_text())["comparison"]["mined"] == 3
+    from clipforget.cli import _mine_config
+
+    assert _mine_config(None, "label", 2) == MineConfig(forget_rule="label", forget_count=2)
+    assert _mine_config(str(config), None, None) == str(config)

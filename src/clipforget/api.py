@@ -55,6 +55,13 @@ def forget(model: str, scenario: str | Path, *, out: str | Path, method: str = "
     return run_forget(model, scenario, out, method=method, **kwargs)
 
 
+def forget_together(model: str, scenarios, *, out: str | Path, method: str = "ours", **kwargs):
+    """Forget every scenario's subgroup in one run (:mod:`clipforget.together`); one ForgetResult per scenario."""
+    from clipforget.together import run_forget_together
+
+    return run_forget_together(model, scenarios, out, method=method, **kwargs)
+
+
 def mine(model: str | DualEncoder, pool: str | Path, query: str, label: str, *, out: str | Path,
          aliases=(), classnames=None, templates=None, truth: str | None = None, config=None, seed: int = 0,
          device: str = "cpu", batch_size: int = 64):

@@ -46,6 +46,7 @@ examples:
   clipforget bench --scenarios cifar10-cat --methods ours ga "ours[use_lora=false]" --seeds 0 1 --out runs/b
   clipforget audit --model testbed@runs/cat/model --original testbed --scenario cifar10-cat --out runs/cat-audit
   clipforget forget --model testbed@runs/cat/model --scenario fmnist-sneaker --out runs/cat+sneaker   # a second request
+  clipforget forget --model testbed --scenario cifar10-cat --scenario fmnist-sneaker --out runs/both   # both at once
   clipforget mine --model testbed --pool pool/ --query "photos of English springer spaniels" --label dog \
                   --alias "English springer" --classnames dog cat bird --out springer.yaml
 """
@@ -105,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html")
     p.add_argument("--model", required=True, help="the model to unlearn from (grammar below)")
-    p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
+    p.add_argument("--scenario", required=True, action="append",
+                   help=SCENARIO_HELP + "; given several times, one run forgets every scenario's subgroup at once "
+                   "(method ours at its defaults)")
     p.add_argument("--out", required=True, help="run directory (resumed if it holds a killed run of the same config, "
                                                 "scenario and model)")
     _restart(p)
@@ -159,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="the pool's class or subgroup name of the true subgroup: report precision / recall")
     p.add_argument("--config", help="mining config YAML (fields: forget_count, retain_per_class, calibration_per_class, "
                                     "guard, test_fraction)")
+    p.add_argument("--forget-rule", choices=("query", "label"),
+                   help="query: mine the images nearest the query (default); label: the subgroup is its whole class, "
+                        "take the images classified as the label")
+    p.add_argument("--forget-count", type=int, metavar="N",
+                   help="take the N images nearest the query as the forget set (overrides the config's forget_count; "
+                        "default: every image whose nearest text is the query)")
     p.add_argument("--seed", type=int, default=0, help="the scenario's seed (default: 0)")
     _common(p)
 
@@ -275,12 +284,21 @@ def _run(args: argparse.Namespace) -> int:
 
             atomic_write_text(args.out, text + "\n")
     elif args.command == "forget":
-        result = api.forget(
-            args.model, args.scenario, out=args.out, method=args.method, config=args.config,
-            overrides=args.overrides, seed=args.seed, device=args.device, batch_size=args.batch_size,
-            image_prefix=args.image_prefix, audit=_audit_setting(args), restart=args.restart, precision=args.precision,
+        run = api.forget if len(args.scenario) == 1 else api.forget_together
+        result = run(
+            args.model, args.scenario[0] if len(args.scenario) == 1 else args.scenario, out=args.out,
+            method=args.method, config=args.config, overrides=args.overrides, seed=args.seed, device=args.device,
+            batch_size=args.batch_size, image_prefix=args.image_prefix, audit=_audit_setting(args),
+            restart=args.restart, precision=args.precision,
         )
-        print(f"report: {result.run_dir / 'report.html'}")
+        if len(args.scenario) > 1:
+            for name, r in zip(args.scenario, result):
+                print(f"{name}: Target {r.original_metrics.target:.1f} -> "
+                      f"{r.unlearned_metrics.target:.1f}, Score {r.score:.1f}")
+            print(f"metrics: {args.out}/metrics.json; model: {args.out}/model")
+            result = result[0]
+        else:
+            print(f"report: {result.run_dir / 'report.html'}")
         for warning in result.warnings:
             print(f"warning: {warning}")
         if result.warnings and args.strict:
@@ -302,14 +320,27 @@ def _run(args: argparse.Namespace) -> int:
         print(f"audit: {Path(args.out) / 'audit.md'}")
     elif args.command == "mine":
         result = api.mine(args.model, args.pool, args.query, args.label, out=args.out, aliases=args.alias,
-                          classnames=args.classnames, templates=args.templates, truth=args.truth, config=args.config,
-                          seed=args.seed, device=args.device, batch_size=args.batch_size)
+                          classnames=args.classnames, templates=args.templates, truth=args.truth,
+                          config=_mine_config(args.config, args.forget_rule, args.forget_count), seed=args.seed, device=args.device,
+                          batch_size=args.batch_size)
         print(api.format_mining(result.summary))
         print(f"scenario: {result.scenario}")
     elif args.command == "demo":
         result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
         print(f"report: {result.run_dir / 'report.html'}")
     return 0
+
+
+def _mine_config(path: str | None, forget_rule: str | None, forget_count: int | None):
+    """The mining config of ``--config`` (or the defaults) with ``--forget-rule`` and ``--forget-count`` applied."""
+    overrides = [*([f"forget_rule={forget_rule}"] if forget_rule else []),
+                 *([f"forget_count={forget_count}"] if forget_count is not None else [])]
+    if not overrides:
+        return path
+    from clipforget.mining import MineConfig
+
+    base = MineConfig.from_yaml(path) if path else MineConfig()
+    return base.with_overrides(overrides)
 
 
 if __name__ == "__main__":

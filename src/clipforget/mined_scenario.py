@@ -186,6 +186,9 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
         contrast_emb = (build_zero_shot_classifier(model, contrast, templates, batch_size=batch_size).float().cpu().T
                         if contrast else None)
     sets = mine_sets(image_emb, texts, class_emb, names.index(label), config, contrast_emb)
+    if not sets.forget and config.forget_rule == "label":
+        raise ConfigError(f"no image of the pool is classified as {label!r} ({len(images)} images, label space "
+                          f"{', '.join(names)}); check the pool and --label, or use the query rule")
     if not sets.forget:
         raise ConfigError(f"--query {query!r} matches nothing: it is the nearest text for no image of the pool "
                           f"({len(images)} images, label space {', '.join(names)}); rephrase it, add --alias names, or "
@@ -194,9 +197,10 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
         raise ConfigError(f"--query {query!r} matches one image only; a forget set needs a train and a test image: "
                           "rephrase it, add --alias names, or take more with --forget-count N")
     own = names.index(label)
-    if len(sets.retain.get(own, ())) < 2:
+    if config.forget_rule == "query" and len(sets.retain.get(own, ())) < 2:
         raise ConfigError(f"the pool has fewer than 2 images of {label!r} far from the query to retain (the siblings "
-                          "the label must keep); add such images to the pool, or lower --guard")
+                          "the label must keep); add such images to the pool, lower guard in --config, or, when the "
+                          "subgroup is the whole class, use --forget-rule label")
     rows, scenario = _scenario(images, sets, names, label, query, aliases, templates, config, seed)
     scenario["sources"]["pool"]["root"] = manifest.name  # relative: resolves against the scenario's folder
     comparison = None
@@ -253,7 +257,7 @@ def _scenario(images: Sequence[PoolImage], sets: MinedSets, names: tuple[str, ..
         calibration.append({"source": "pool", "classes": [role], "rename": {role: names[c]},
                             "per_class": len(members), "split": "train"})
     require(bool(calibration), "the pool leaves no image for the calibration set after the forget and retain sets; "
-            "add images to the pool or lower --retain-per-class")
+            "add images to the pool or lower retain_per_class in --config")
     scenario = {"name": f"mined-{_slug(query)}", "seed": seed,
                 "sources": {"pool": {"kind": "manifest", "root": None}},
                 "classnames": list(names), "templates": list(templates), "hierarchy": {"mined": list(names)},

@@ -128,6 +128,7 @@ class MethodRun:
     - ``original``: a copy of the teacher's backend state dict.
     - ``data``: the task with the held-out part of D_f removed; ``check``: that held-out part.
     - ``score_fn``, ``forget_target``: the one scoring function and target every method picks by.
+    - ``forgotten``: the subgroups earlier requests forgot from the teacher (in the run's view).
     """
 
     teacher: DualEncoder
@@ -139,6 +140,7 @@ class MethodRun:
     forget_target: float
     store: StageStore
     seed: int
+    forgotten: Sequence[Forgotten] = ()
 
 
 class Method(abc.ABC):
@@ -183,6 +185,7 @@ class Method(abc.ABC):
             forget_target=choice.forget_target,
             store=store if store is not None else InMemoryStore(),
             seed=seed,
+            forgotten=tuple(forgotten),
         )
         return self.fit(run, config)
 

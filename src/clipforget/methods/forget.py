@@ -195,21 +195,52 @@ def projection_parameters(model: DualEncoder) -> list[str]:
     return [p for p in (proj.weight, proj.bias) if p]
 
 
-@torch.no_grad()
-def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forget_names: Sequence[str] = ()) -> dict[str, Any]:
-    """Edit ``model``'s image projection (in place) so that each forget image lands on its projection target.
+@dataclass(frozen=True)
+class _Moments:
+    """Count, sum and sum of outer products of a set of rows (float64): enough to centre them later."""
 
-    With ``f`` the projection's inputs and ``z = W f + b`` its outputs, the edit ``ΔW`` minimises
-    ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²`` where ``g = −(1 + overshoot) Q Qᵀ z``
-    takes the subgroup's text directions ``Q`` out of each forget output (:func:`projected_targets`),
-    (the self-names' part of ``Q`` pushed by ``name_overshoot`` instead when it is set),
-    ``m`` is the retain inputs' mean (folded into the bias; 0 when the projection has no bias), ``λ`` is
-    ``retain_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and ``n = |D_f|``. The change
-    reaches an unseen image only through the part of its features that resembles the forget images'
-    and not the retain images'; it moves outputs only within the span of ``Q``.
+    count: int
+    sum: Tensor
+    outer: Tensor
+
+    @classmethod
+    def of(cls, x: Tensor) -> _Moments:
+        return cls(len(x), x.sum(0), x.T @ x)
+
+    def centred(self, mean: Tensor) -> Tensor:
+        """``Σ (x − m)(x − m)ᵀ``."""
+        s = torch.outer(mean, self.sum)
+        return self.outer - s - s.T + self.count * torch.outer(mean, mean)
+
+
+@dataclass(frozen=True)
+class EditTerms:
+    """What one forget request adds to the closed-form edit's least-squares problem (float64).
+
+    ``forget``, ``retain``, ``keep``: moments of the projection inputs of D_f, D_r and the images whose
+    outputs must stay where they are (earlier requests' D_f); ``cross`` = ``Σ_forget f gᵀ`` and
+    ``goal_sum`` = ``Σ g`` for the forget images' targets ``g``.
     """
-    changed = projection_parameters(model)
+
+    forget: _Moments
+    cross: Tensor
+    goal_sum: Tensor
+    retain: _Moments
+    keep: _Moments | None
+    retain_weight: float
+    directions: int
+
+
+@torch.no_grad()
+def edit_terms(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forget_names: Sequence[str] = (),
+               keep: Sequence[Tensor] = ()) -> EditTerms:
+    """The terms of one request (``data``) in the edit of ``model``'s image projection (see :func:`closed_form_edit`).
+
+    ``keep``: image batches (in ``model``'s view) whose outputs the edit must hold in place, each image
+    weighted as a forget image is.
+    """
     proj = model.image_projection()
+    projection_parameters(model)  # a clear error when the backend has no projection
     params = dict(model.model.named_parameters())
     weight = params[proj.weight]
     w = (weight.T if proj.transposed else weight).detach().double().cpu()
@@ -226,18 +257,71 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     z = x @ w.T + b
     name_overshoot = config.overshoot if config.name_overshoot is None else config.name_overshoot
     goal = -(1 + config.overshoot) * (z @ label) @ label.T - (1 + name_overshoot) * (z @ names) @ names.T
-    mean = r.mean(0) if proj.bias else torch.zeros(x.shape[1], dtype=torch.float64)
-    xc, rc = x - mean, r - mean
-    n, dim = xc.shape
-    scale = float((xc**2).sum()) / (n * dim)
-    a = xc.T @ xc + config.retain_weight * (n / len(rc)) * rc.T @ rc + config.ridge * scale * n * torch.eye(dim, dtype=torch.float64)
-    delta = torch.linalg.solve(a, xc.T @ goal).T  # (out, in)
-    before = forget_progress(model, data)
+    kept = torch.cat([projection_inputs(model, images).double() for images in keep]) if keep else None
+    return EditTerms(_Moments.of(x), x.T @ goal, goal.sum(0), _Moments.of(r),
+                     None if kept is None or not len(kept) else _Moments.of(kept), config.retain_weight, int(q.shape[1]))
+
+
+def solve_edit(terms: Sequence[EditTerms], ridge: float, centre: bool = True) -> tuple[Tensor, Tensor]:
+    """``(ΔW, m)`` minimising the sum of every request's terms plus the ridge (see :func:`closed_form_edit`).
+
+    ``m`` is the mean of every request's retain inputs (zeros with ``centre`` False, for a projection
+    without bias); each request's retain term is weighted against its own forget images.
+    """
+    dim = terms[0].forget.sum.shape[0]
+    retain_count = sum(t.retain.count for t in terms)
+    mean = sum(t.retain.sum for t in terms) / retain_count if centre else torch.zeros(dim, dtype=torch.float64)
+    a = torch.zeros(dim, dim, dtype=torch.float64)
+    rhs = torch.zeros_like(terms[0].cross)
+    n, square = 0, 0.0
+    for t in terms:
+        xc = t.forget.centred(mean)
+        a += xc + t.retain_weight * (t.forget.count / t.retain.count) * t.retain.centred(mean)
+        if t.keep is not None:
+            a += t.keep.centred(mean)
+        rhs += t.cross - torch.outer(mean, t.goal_sum)
+        n, square = n + t.forget.count, square + float(torch.trace(xc))
+    scale = square / (n * dim)
+    a += ridge * scale * n * torch.eye(dim, dtype=torch.float64)
+    return torch.linalg.solve(a, rhs).T, mean  # (out, in)
+
+
+@torch.no_grad()
+def apply_edit(model: DualEncoder, delta: Tensor, mean: Tensor) -> float:
+    """Add ``ΔW`` to ``model``'s image projection (in place; ``−ΔW m`` to its bias); returns ``‖ΔW‖ / ‖W‖``."""
+    proj = model.image_projection()
+    params = dict(model.model.named_parameters())
+    weight = params[proj.weight]
+    w_norm = float(weight.detach().double().norm())
     weight.add_((delta.T if proj.transposed else delta).to(weight))
     if proj.bias:
         params[proj.bias].sub_((delta @ mean).to(weight))
-    return {"solver": "closed_form", "parameters": changed,
-            "edit_norm": float(delta.norm() / w.norm()), "directions": int(q.shape[1]),
+    return float(delta.norm()) / w_norm
+
+
+@torch.no_grad()
+def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forget_names: Sequence[str] = (),
+                     keep: Sequence[Tensor] = ()) -> dict[str, Any]:
+    """Edit ``model``'s image projection (in place) so that each forget image lands on its projection target.
+
+    With ``f`` the projection's inputs and ``z = W f + b`` its outputs, the edit ``ΔW`` minimises
+    ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + Σ_keep ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²``
+    where ``g = −(1 + overshoot) Q Qᵀ z`` takes the subgroup's text directions ``Q`` out of each forget
+    output (:func:`projected_targets`),
+    (the self-names' part of ``Q`` pushed by ``name_overshoot`` instead when it is set),
+    ``m`` is the retain inputs' mean (folded into the bias; 0 when the projection has no bias), ``λ`` is
+    ``retain_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and ``n = |D_f|``; ``keep``
+    are images (earlier requests' D_f) whose outputs stay where they are. The change reaches an unseen
+    image only through the part of its features that resembles the forget images' and not the retain
+    images'; it moves outputs only within the span of ``Q``.
+    """
+    changed = projection_parameters(model)
+    terms = edit_terms(model, data, config, forget_names, keep)
+    delta, mean = solve_edit([terms], config.ridge, centre=bool(model.image_projection().bias))
+    before = forget_progress(model, data)
+    size = apply_edit(model, delta, mean)
+    return {"solver": "closed_form", "parameters": changed, "edit_norm": size, "directions": terms.directions,
+            "kept": 0 if terms.keep is None else terms.keep.count,
             "before": before, "final": forget_progress(model, data), "stop_target": False}
 
 

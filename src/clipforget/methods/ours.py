@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
-from clipforget.config import Config, require
+from clipforget.config import Config, ConfigError, require
 from clipforget.methods.adapters import AdapterConfig
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
 from clipforget.methods.anchor import AnchorConfig, TextAnchor
@@ -34,9 +36,20 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import ForgetConfig, closed_form_edit, forget_stage, projection_parameters
+from clipforget.methods.core import UnlearnData, clone_model
+from clipforget.methods.forget import (
+    ForgetConfig,
+    apply_edit,
+    closed_form_edit,
+    edit_terms,
+    forget_progress,
+    forget_stage,
+    projection_parameters,
+    solve_edit,
+)
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
+from clipforget.methods.scoring import split_forget
 from clipforget.methods.remind import DistillConfig, remind_stage
 from clipforget.methods.souping import (
     SoupChoice,
@@ -208,7 +221,8 @@ class Ours(Method):
 
         def forget() -> tuple[dict[str, Any], StateDict]:
             if config.forget.solver == "closed_form":
-                info = closed_form_edit(student, data, config.forget, forget_names)
+                info = closed_form_edit(student, data, config.forget, forget_names,
+                                        keep=[f.images for f in run.forgotten])  # earlier subgroups stay put
                 log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
                 return info, _state_of(student, params, original)
             g = stage_generator(seed, "forget")
@@ -270,3 +284,41 @@ class Ours(Method):
 @register_method("ours-paper")
 class OursPaper(Ours):
     config_class = PaperConfig
+
+
+def joins_requests(config: Config) -> bool:
+    """Whether ``config`` (of ``ours``) can forget several requests in one run: the closed-form edit
+    with no remind and no restore stage, whose least-squares problems simply add up."""
+    return (isinstance(config, OursConfig) and config.forget.solver == "closed_form" and not config.use_remind
+            and not config.use_souping)
+
+
+@torch.no_grad()
+def forget_together(requests: Sequence[tuple[DualEncoder, UnlearnData]], config: OursConfig, *, seed: int = 0,
+                    holdout: float = 0.2, keep: Sequence[Tensor] = ()) -> tuple[DualEncoder, dict[str, Any]]:
+    """Forget several subgroups with one closed-form edit of the image projection.
+
+    ``requests``: per request the model as received in that request's view (every view of the same
+    weights and frozen prefix) and its task. Each request holds out ``holdout`` of its D_f as a single
+    run does, takes its own self-names and adds its own terms (:func:`clipforget.methods.forget.edit_terms`);
+    one solve over their sum edits a clone of the first model. ``keep``: images (earlier requests' D_f,
+    in the same view) whose outputs stay in place. Returns the edited clone and, per request, what the
+    edit did to its held-out forget images.
+    """
+    if not joins_requests(config):
+        raise ConfigError("forgetting several scenarios in one run needs the closed-form edit without remind or "
+                          "souping (method ours at its defaults); run the requests one after another instead")
+    student = clone_model(requests[0][0]).eval()
+    terms, info = [], []
+    for model, data in requests:
+        fit, check = split_forget(data, holdout, seed)
+        names = subgroup_names(model, fit, vocabulary(config.forget.vocabulary), config.forget.self_names,
+                               min_probability=config.forget.self_name_min, min_ratio=config.forget.self_name_ratio)
+        terms.append(edit_terms(model, fit, config.forget, [n["name"] for n in names], keep if not terms else ()))
+        info.append({"forget_names": names, "check": check, "before": forget_progress(model, check)})
+    delta, mean = solve_edit(terms, config.forget.ridge, centre=bool(student.image_projection().bias))
+    size = apply_edit(student, delta, mean)
+    out = {"solver": "closed_form", "parameters": projection_parameters(student), "edit_norm": size,
+           "requests": [{"forget_names": i["forget_names"], "directions": t.directions, "before": i["before"],
+                         "final": forget_progress(student, i["check"])} for i, t in zip(info, terms)]}
+    return student, out

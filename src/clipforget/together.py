@@ -1,0 +1,159 @@
+"""Several forget requests in one run: ``clipforget forget --scenario A --scenario B ...``.
+
+Each scenario is prepared as for a single run (its splits, images and the original's figures); the
+closed-form edit of ``ours`` (:func:`clipforget.methods.ours.forget_together`) then solves one
+least-squares problem whose terms are every request's, so one edit of the image projection forgets
+every subgroup. Other methods and ``ours`` with remind or souping train on one forget set and are
+refused with the way out (the requests one after another, each continuing the ledger).
+
+Run directory layout (every file written atomically)::
+
+    .clipforget-run.json, .clipforget.lock   as for a single run (:mod:`clipforget.rundir`)
+    config.yaml        the resolved run config; ``scenario`` lists every request in order
+    run.json           versions, git commit, seed, timings, status
+    metrics.json       per scenario: the original's and the unlearned figures and the Score; the edit;
+                       warnings; whether any weight changed
+    <scenario>/        per request: scenario.yaml, audit.json (unless switched off), sets.json, examples/
+    model/             the unlearned weights; its ledger holds one request per scenario, in order
+    ledger_check.json  when the model came with a ledger: each earlier subgroup re-checked
+
+A rerun recomputes everything (the edit takes seconds; the audits are the slow part). There is no
+report.html: a report describes one scenario, and ``clipforget audit`` or ``clipforget eval`` on the
+saved model gives each scenario's figures on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipforget import ledger as ledgers
+from clipforget.audit import audit as run_audit
+from clipforget.audit import audit_summary
+from clipforget.config import Config, ConfigError
+from clipforget.data import open_sources
+from clipforget.evaluation import evaluate
+from clipforget.examples import write_sets
+from clipforget.io import atomic_write_json, atomic_write_text
+from clipforget.methods.base import WeightChoice
+from clipforget.methods.ours import forget_together, joins_requests
+from clipforget.metrics import paper_score
+from clipforget.models import check_device, load_model
+from clipforget.models.prefix import FrozenImagePrefix
+from clipforget.pipeline import (
+    ForgetResult,
+    _brief,
+    _headline,
+    _recheck_earlier,
+    prepare,
+    resolve_audit_config,
+    resolve_method_config,
+    run_config,
+    same_weights,
+)
+from clipforget.precision import autocast, resolve_precision
+from clipforget.rundir import check_output_dir, open_run_dir
+from clipforget.runinfo import Timer, git_commit, package_versions
+
+log = logging.getLogger(__name__)
+
+
+def run_forget_together(
+    model_id: str,
+    scenarios: Sequence[str | Path],
+    out: str | Path,
+    *,
+    method: str = "ours",
+    config: str | Path | Mapping[str, Any] | Config | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+    image_prefix: str | None = "auto",
+    audit: Any = True,
+    restart: bool = False,
+    precision: str | None = "auto",
+) -> list[ForgetResult]:
+    """Forget every scenario's subgroup from ``model_id`` in one edit; one :class:`ForgetResult` per scenario
+    (all sharing the one unlearned model and run directory)."""
+    if len(scenarios) < 2:
+        raise ConfigError("forgetting together needs at least two scenarios; for one, run clipforget forget as usual")
+    method_cfg = resolve_method_config(method, config, overrides)
+    if method not in ("ours",) or not joins_requests(method_cfg):
+        raise ConfigError(f"method {method!r} with this config cannot forget several scenarios in one run: only ours "
+                          "at its closed-form defaults (no remind, no souping) can; run the requests one after another "
+                          "(each continuing the model's ledger) instead")
+    audit_cfg = resolve_audit_config(audit)
+    check_device(device)
+    precision = resolve_precision(precision, device)
+    check_output_dir(out, [model_id])
+    out = Path(out)
+    timer, started = Timer(), time.time()
+    model = load_model(model_id, device=device).eval()
+    with timer("load"):
+        prepared = [prepare(model_id, s, device=device, batch_size=batch_size, model=model, precision=precision)
+                    for s in scenarios]
+    names = [p.scenario.name for p in prepared]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"a scenario is named twice among {', '.join(names)}; give each request once")
+    resolved = {**run_config(prepared[0], method=method, config=method_cfg, seed=seed, device=device,
+                             image_prefix=image_prefix), "scenario": names}
+    key = {"together": [p.resume_key(resolved) for p in prepared]}
+    results: list[ForgetResult] = []
+    with open_run_dir(out, key, model_ids=[model_id], restart=restart):
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        info = {"model": model_id, "scenario": names, "method": method, "seed": seed, "device": device,
+                "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
+        atomic_write_json(out / "run.json", info)
+        views = [p.training_view(resolved["image_prefix"], batch_size=batch_size) for p in prepared]
+        with timer("method"), autocast(precision, device):
+            student, edit = forget_together([(v.model, v.data) for v in views], method_cfg, seed=seed,
+                                            holdout=WeightChoice().holdout, keep=[f.images for f in views[0].forgotten])
+        log.info("one closed-form edit for %d requests (relative size %.3f)", len(views), edit["edit_norm"])
+        unlearned = student.unwrap() if isinstance(student, FrozenImagePrefix) else student
+        with autocast(precision, device):
+            rechecked = _recheck_earlier(out, prepared[0], unlearned, audit_cfg, seed, timer)
+        warnings = ledgers.recheck_warnings(rechecked)
+        per: dict[str, Any] = {}
+        ledger = prepared[0].ledger
+        for p, v in zip(prepared, views):
+            folder = out / p.scenario.name
+            atomic_write_text(folder / "scenario.yaml", p.scenario.to_yaml())
+            with timer("evaluate_unlearned"), autocast(precision, device):
+                metrics = evaluate(student, p.splits, v.images, batch_size=batch_size)
+            score = paper_score(metrics, p.original_metrics)
+            log.info("%s: %s (Score %.1f)", p.scenario.name, _brief(metrics), score)
+            audited = None
+            if audit_cfg is None:
+                (folder / "audit.json").unlink(missing_ok=True)
+            else:
+                with timer("audit"), autocast(precision, device):
+                    audited = run_audit(v.model, student, p.splits, v.images, audit_cfg, seed=seed).to_dict()
+                atomic_write_json(folder / "audit.json", audited)
+            write_sets(folder, p.splits, open_sources(p.scenario), seed=seed)
+            headline = {"original": _headline(p.original_metrics), "unlearned": _headline(metrics)}
+            per[p.scenario.name] = {"original": p.original_metrics.to_dict(), "unlearned": metrics.to_dict(), "score": score}
+            ledger = ledger.extended(ledgers.request_entry(
+                model_id=model_id, scenario=p.scenario, splits=p.splits, method=method,
+                method_config={**method_cfg.to_dict(), "together_with": [n for n in names if n != p.scenario.name]},
+                seed=seed, metrics=headline, score=score, audit=None if audited is None else audit_summary(audited),
+                recheck=rechecked))
+            results.append(ForgetResult(out, unlearned, p.original_metrics, metrics, score, warnings))
+        with timer("save"):
+            unlearned.save(out / "model")
+        ledgers.write_ledger(out / "model", ledger, unlearned)
+        for w in warnings:
+            log.warning("%s", w)
+        edit_info = {k: v for k, v in edit.items() if k != "requests"}
+        edit_info["requests"] = {n: r for n, r in zip(names, edit["requests"])}
+        atomic_write_json(out / "metrics.json", {"requests": per, "edit": edit_info, "warnings": warnings,
+                                                 "weights_changed": not same_weights(model, unlearned)})
+        info.update(unlearned_model=unlearned.saved_id(out / "model"), timings=timer.seconds,
+                    wall_seconds=time.time() - started, status="finished")
+        atomic_write_json(out / "run.json", info)
+    return results
