@@ -490,13 +490,15 @@ def test_kept_images_stay_where_they_were(model):
     with torch.no_grad():
         start = model.image_outputs(earlier).clone()
 
-    def drift(keep) -> float:
+    def drift(keep, weight: float = 1.0) -> float:
         edited = clone_model(model)
-        closed_form_edit(edited, data, ForgetConfig(target="project", solver="closed_form", ridge=1e-3), keep=keep)
+        config = ForgetConfig(target="project", solver="closed_form", ridge=1e-3, keep_weight=weight)
+        closed_form_edit(edited, data, config, keep=keep)
         with torch.no_grad():
             return float((edited.image_outputs(earlier) - start).norm() / start.norm())
 
     assert drift([earlier]) < 0.5 * drift([])
+    assert drift([earlier], weight=0.0) == pytest.approx(drift([]), rel=1e-4)  # keep_weight 0: off
 
 
 def test_only_the_closed_form_edit_joins_requests(model):

@@ -73,6 +73,9 @@ class ForgetConfig(Config):
     name_overshoot: with "closed_form", the overshoot of the self-names' directions (their part not
         already spanned by the forget text and label); None: ``overshoot``. Pushing the subgroup far
         past its fine-grained name moves photos that look like it (docs/decisions.md).
+    keep_weight: with "closed_form", the weight of holding each image of an earlier request's D_f where
+        the model as received puts it (relative to moving a forget image), so that a later edit does not
+        undo an earlier one; 0: off.
     ridge: with "closed_form", the penalty on the edit's size, relative to the forget inputs' mean
         square (larger: a smaller edit that reaches fewer unseen images).
     self_names: also push the forget images off this many names the original model gives them, read
@@ -104,6 +107,7 @@ class ForgetConfig(Config):
     solver: Literal["gradient", "closed_form"] = "gradient"
     retain_weight: float = 1.0
     name_overshoot: float | None = None
+    keep_weight: float = 1.0
     ridge: float = 1.0
 
     @property
@@ -122,6 +126,7 @@ class ForgetConfig(Config):
                 f"solver 'closed_form' solves for the projection target; set target: project (got {self.target!r})")
         require(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
         require(self.ridge > 0, f"ridge must be > 0, got {self.ridge}")
+        require(self.keep_weight >= 0, f"keep_weight must be >= 0, got {self.keep_weight}")
         require(self.name_overshoot is None or 0 <= self.name_overshoot <= 4,
                 f"name_overshoot must be in [0, 4] (or null: the overshoot), got {self.name_overshoot}")
         require(self.self_names >= 0, f"self_names must be >= 0, got {self.self_names}")
@@ -228,6 +233,7 @@ class EditTerms:
     retain: _Moments
     keep: _Moments | None
     retain_weight: float
+    keep_weight: float
     directions: int
 
 
@@ -237,7 +243,7 @@ def edit_terms(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forg
     """The terms of one request (``data``) in the edit of ``model``'s image projection (see :func:`closed_form_edit`).
 
     ``keep``: image batches (in ``model``'s view) whose outputs the edit must hold in place, each image
-    weighted as a forget image is.
+    weighted by ``config.keep_weight``.
     """
     proj = model.image_projection()
     projection_parameters(model)  # a clear error when the backend has no projection
@@ -259,7 +265,8 @@ def edit_terms(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forg
     goal = -(1 + config.overshoot) * (z @ label) @ label.T - (1 + name_overshoot) * (z @ names) @ names.T
     kept = torch.cat([projection_inputs(model, images).double() for images in keep]) if keep else None
     return EditTerms(_Moments.of(x), x.T @ goal, goal.sum(0), _Moments.of(r),
-                     None if kept is None or not len(kept) else _Moments.of(kept), config.retain_weight, int(q.shape[1]))
+                     None if kept is None or not len(kept) else _Moments.of(kept), config.retain_weight,
+                     config.keep_weight, int(q.shape[1]))
 
 
 def solve_edit(terms: Sequence[EditTerms], ridge: float, centre: bool = True) -> tuple[Tensor, Tensor]:
@@ -278,7 +285,7 @@ def solve_edit(terms: Sequence[EditTerms], ridge: float, centre: bool = True) ->
         xc = t.forget.centred(mean)
         a += xc + t.retain_weight * (t.forget.count / t.retain.count) * t.retain.centred(mean)
         if t.keep is not None:
-            a += t.keep.centred(mean)
+            a += t.keep_weight * t.keep.centred(mean)
         rhs += t.cross - torch.outer(mean, t.goal_sum)
         n, square = n + t.forget.count, square + float(torch.trace(xc))
     scale = square / (n * dim)
@@ -305,13 +312,13 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     """Edit ``model``'s image projection (in place) so that each forget image lands on its projection target.
 
     With ``f`` the projection's inputs and ``z = W f + b`` its outputs, the edit ``ΔW`` minimises
-    ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + Σ_keep ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²``
+    ``Σ_forget ‖ΔW (f − m) − g‖² + λ n/|D_r| Σ_retain ‖ΔW (f − m)‖² + κ Σ_keep ‖ΔW (f − m)‖² + μ s n ‖ΔW‖²``
     where ``g = −(1 + overshoot) Q Qᵀ z`` takes the subgroup's text directions ``Q`` out of each forget
     output (:func:`projected_targets`),
     (the self-names' part of ``Q`` pushed by ``name_overshoot`` instead when it is set),
     ``m`` is the retain inputs' mean (folded into the bias; 0 when the projection has no bias), ``λ`` is
-    ``retain_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and ``n = |D_f|``; ``keep``
-    are images (earlier requests' D_f) whose outputs stay where they are. The change reaches an unseen
+    ``retain_weight``, ``κ`` is ``keep_weight``, ``μ`` is ``ridge``, ``s`` the forget inputs' mean square and
+    ``n = |D_f|``; ``keep`` are images (earlier requests' D_f) whose outputs stay where they are. The change reaches an unseen
     image only through the part of its features that resembles the forget images' and not the retain
     images'; it moves outputs only within the span of ``Q``.
     """
