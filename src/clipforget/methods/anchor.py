@@ -37,15 +37,8 @@ class AnchorConfig(Config):
 
     weight: weight of the term (0: off).
     stages: the stages that add the term: "forget", "remind" or both.
-    Defaults (remind only, weight 5) measured on the testbed, seed 0 (Score; held-out CIFAR-10
-    vehicles / Fashion-MNIST). springer-in-dog: neither the anchor nor ``distill.ce_weight`` 98.3
-    (84.0 / 84.7); the anchor alone (both stages, weight 1) 98.7 (86.0 / 86.3); with ce_weight 1,
-    both stages at weight 1 99.3 (85.5 / 86.0), remind only at weight 1 98.1 (84.5 / 85.0), remind
-    only at weight 5 99.1 (86.0 / 86.7). cifar10-cat with ce_weight 1: both stages at weight 1 98.9
-    and at weight 5 97.7 (in the forget stage the anchor holds back forgetting a whole class: Target
-    2% and 6%), remind only at weight 1 or 5 99.9 (Target 0%). Also tried: both stages with
-    exclude_nearest 0.3 (cifar10-cat 99.1, Target 1%), and distill.kd_weight 3 in place of the label
-    term (springer-in-dog 99.0).
+    The defaults (remind only, weight 5) and the measurements behind them: docs/decisions.md,
+    "Defaults of the paper's stages".
     words: concept names to anchor; None: the built-in list of generic nouns, which leaves out the
         class names (and close synonyms) of every shipped scenario's held-out sets.
     template: the prompt each word is put in.

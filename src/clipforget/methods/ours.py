@@ -75,19 +75,14 @@ class RestoreConfig(Config):
     The forget target and the held-out part of D_f that check each alpha are the run's
     (:class:`clipforget.methods.base.WeightChoice`), the same for every method.
     tolerance: take the smallest feasible alpha whose utility is within this of the best feasible
-        utility (0: the best). Measured on cifar10-cat, seed 1: picking the best calibration utility
-        chose alpha = 1 and lost 56 points on held-out Fashion-MNIST that calibration cannot see.
+        utility (0: the best, which can pick an alpha that loses held-out sets calibration cannot see).
     pick: which feasible alpha within ``tolerance`` of the best utility: "edge", the smallest one with
         ``margin`` feasible grid steps before it, or "center", the one farthest in grid steps from any
         infeasible alpha.
     margin: see ``pick``. The smallest feasible alpha sits where the holdout's 20 images first reach
         the target; unseen subgroup images cross that edge a little later.
-    Rule and values (edge, margin 3, tolerance 0.03) were chosen by comparing rules on the same 9
-    finished runs (3 scenarios x 3 seeds; the README gives the table): tolerance 0.01 let calibration
-    noise pick alpha near 1 on springer-in-dog (Target 2% on two seeds), no margin left 1-3% Target on
-    cifar10-cat, and "center" cost held-out accuracy on fmnist-sneaker.
-    Defaults measured on the testbed (seed 0): with forget_target 0.05 and no holdout, cifar10-cat
-    kept 18% Target on its test images while the forget set was at 4%.
+    The rule and its values (edge, margin 3, tolerance 0.03) and the measurements behind them:
+    docs/decisions.md, "Defaults of the paper's stages".
     """
 
     mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
