@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements-torch.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-torch.txt
-	$(PY) -m pip install -q -e '.[testbed,test,benchmark]'
+	$(PY) -m pip install -q -e '.[testbed,test,benchmark,distributed]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

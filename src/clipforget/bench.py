@@ -12,6 +12,7 @@ Cells with an ``audit.json`` add the audit's headline figures (``audit/*`` colum
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipforget import parallel
 from clipforget.audit import audit_summary
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods import get_method, list_methods
@@ -139,13 +141,24 @@ def run_bench(
                              "rename one")
     resolved = {m: resolve_method_config(name, (configs or {}).get(name), overrides)
                 for m, (name, overrides) in variants.items()}
-    check_output_dir(out, [model_id], kind="bench")
-    with open_bench_dir(out):
+    # Under a launch of several processes each takes every world-th cell of the whole grid (the same
+    # assignment on every process, whatever has finished) and runs it alone; the main one holds the
+    # bench directory's lock and writes the tables once every process is done.
+    grid = [(sc, m, s) for sc in scenarios for m in methods for s in seeds]
+    rank, world = parallel.process_index(), parallel.world_size()
+    mine = {cell for i, cell in enumerate(grid) if i % world == rank}
+    if rank == 0:
+        check_output_dir(out, [model_id], kind="bench")
+    with open_bench_dir(out) if rank == 0 else contextlib.nullcontext(), parallel.alone():
+        if world > 1:
+            log.info("process %d of %d: %d of the %d cells", rank, world, len(mine), len(grid))
         for scenario in scenarios:
+            if not any(c[0] == scenario for c in mine):
+                continue
             name = load_scenario_config(scenario).name
             prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, precision=precision)
             todo = []
-            for m, s in ((m, s) for m in methods for s in seeds):
+            for m, s in ((m, s) for m in methods for s in seeds if (scenario, m, s) in mine):
                 cell = cell_dir(out, name, m, s)
                 if _finished(cell):
                     key = prepared.resume_key(run_config(prepared, method=variants[m][0], config=resolved[m], seed=s,
@@ -171,10 +184,17 @@ def run_bench(
                            batch_size=batch_size, image_prefix=image_prefix, audit=audit, save_model=keep,
                            restart=restart)
                 atomic_write_json(cell / "bench.json", {"scenario": name, "method": m, "seed": s})
-                if save_models == "best":
+                if save_models == "best" and world == 1:
                     _keep_best_model(out / "runs" / folder_name(name))
-        rows = collect(out)
-        write_tables(out, rows)
+    if world > 1:
+        parallel.barrier()  # every process's cells are finished
+    if rank == 0:
+        with open_bench_dir(out):
+            if save_models == "best" and world > 1:
+                for scenario in scenarios:
+                    _keep_best_model(out / "runs" / folder_name(load_scenario_config(scenario).name))
+            write_tables(out, collect(out))
+    parallel.barrier()  # the tables are written
     return (out / "table.md").read_text()
 
 

@@ -211,12 +211,18 @@ class _Formatter(logging.Formatter):
     """``HH:MM:SS message``; warnings and errors name their level, debug lines their logger."""
 
     def __init__(self, verbose: bool):
+        from clipforget import parallel
+
         super().__init__(datefmt="%H:%M:%S")
         self.verbose = verbose
+        self.launched = parallel.launched()
+        self.rank = int(os.environ.get("RANK", "0"))  # the launcher's; read without starting the processes' group
 
     def format(self, record: logging.LogRecord) -> str:
         level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
         where = f"[{record.name}] " if self.verbose else ""
+        if self.launched > 1:
+            where = f"[process {self.rank}] {where}"
         return f"{self.formatTime(record, self.datefmt)} {where}{level}{record.getMessage()}" + (
             "\n" + self.formatException(record.exc_info) if record.exc_info else "")
 

@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from clipforget.io import (
     atomic_write_text,
 )
 from clipforget import ledger as ledgers
+from clipforget import parallel
 from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
 from clipforget.metrics import ScenarioMetrics, paper_score
@@ -138,8 +140,8 @@ class DiskStore:
     raises :class:`clipforget.rundir.ResumeError` (it is never read as "the stage changed nothing").
     """
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | Path, *, read_only: bool = False):
+        self.directory, self.read_only = Path(directory), read_only
 
     def load(self, stage: str, quiet: bool = False) -> dict[str, Any] | None:
         meta = self.directory / f"{stage}.json"
@@ -171,6 +173,8 @@ class DiskStore:
             self.load(meta.stem, quiet=True)
 
     def save(self, stage: str, payload: dict[str, Any]) -> None:
+        if self.read_only:
+            return
         recorded = None
         if payload.get("state"):
             tensors = atomic_save_safetensors(payload["state"], self.directory / f"{stage}.safetensors")
@@ -363,10 +367,22 @@ def run_forget(
     audit_cfg = resolve_audit_config(audit)
     check_device(device)  # and on a bad device, precision or --out
     precision = resolve_precision(precision, device)
-    check_output_dir(out, [model_id])
+    if parallel.is_main():
+        check_output_dir(out, [model_id])
     prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model, precision=precision)
-    return run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
-                      batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)
+    if parallel.is_main():
+        result = run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
+                            batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)
+        parallel.barrier()
+        return result
+    # Another process of a launch: the same computation in step with the main one (which writes the run
+    # directory), into a scratch folder, resuming from the main one's finished stages.
+    with tempfile.TemporaryDirectory(prefix=f"clipforget-rank{parallel.process_index()}-") as scratch:
+        result = run_method(prepared, scratch, method=method, config=method_cfg, seed=seed, device=device,
+                            batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart,
+                            stages=Path(out) / "stages")
+        parallel.barrier()
+    return dataclasses.replace(result, run_dir=Path(out))
 
 
 def run_config(prepared: Prepared, *, method: str, config: Config, seed: int, device: str,
@@ -381,7 +397,8 @@ def run_config(prepared: Prepared, *, method: str, config: Config, seed: int, de
 
 def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Config, seed: int = 0,
                device: str = "cpu", batch_size: int = 64, image_prefix: str | None = "auto",
-               audit: AuditSetting = True, save_model: bool = True, restart: bool = False) -> ForgetResult:
+               audit: AuditSetting = True, save_model: bool = True, restart: bool = False,
+               stages: str | Path | None = None) -> ForgetResult:
     """Run one registered method on a prepared scenario into the run directory ``out``.
 
     ``image_prefix``: the first image stage a method may change (see
@@ -391,6 +408,8 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     audit.json), on the same images and in the same view as the method ran; see :data:`AuditSetting`.
     ``save_model``: write the unlearned weights to ``out/model`` (a bench may keep only some).
     ``restart``: see :func:`run_forget`. The run holds ``out``'s lock throughout.
+    ``stages``: resume from another run directory's finished stages, writing none (the other processes
+    of a launch read the main one's); default ``out/stages``.
     """
     audit_cfg = resolve_audit_config(audit)
     out = Path(out)
@@ -398,21 +417,24 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
     image_prefix = resolved["image_prefix"]
     key = prepared.resume_key(resolved)
     with open_run_dir(out, key, model_ids=[prepared.model_id], restart=restart):
-        DiskStore(out / "stages").verify()
+        parallel.barrier()  # the main process has opened (or, restarting, emptied) its run directory
+        store = DiskStore(out / "stages") if stages is None else DiskStore(stages, read_only=True)
+        store.verify()
         atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_text(out / "scenario.yaml", prepared.scenario.to_yaml())
         info = {"model": prepared.model_id, "scenario": prepared.scenario.name, "method": method, "seed": seed,
                 "device": device, "git_commit": git_commit(), "versions": package_versions(), "status": "running"}
         atomic_write_json(out / "run.json", info)
         try:
-            return _run_in(out, prepared, info, method, config, seed, batch_size, image_prefix, audit_cfg, save_model)
+            return _run_in(out, prepared, info, method, config, seed, batch_size, image_prefix, audit_cfg, save_model, store)
         except BaseException as e:
             atomic_write_json(out / "run.json", {**info, "status": "failed", "error": f"{type(e).__name__}: {e}"})
             raise
 
 
 def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, config: Config, seed: int,
-            batch_size: int, image_prefix: str | None, audit_cfg: AuditConfig | None, save_model: bool) -> ForgetResult:
+            batch_size: int, image_prefix: str | None, audit_cfg: AuditConfig | None, save_model: bool,
+            store: DiskStore) -> ForgetResult:
     timer = Timer()
     timer.seconds["load"] = prepared.load_seconds
     started = time.time()
@@ -423,7 +445,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
         with precise():
-            result: MethodResult = get_method(method).run(view.model, view.data, config, store=DiskStore(out / "stages"),
+            result: MethodResult = get_method(method).run(view.model, view.data, config, store=store,
                                                           seed=seed, forgotten=view.forgotten)
     events = [{"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}} for stage, diag in result.diagnostics.items()]
     atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))

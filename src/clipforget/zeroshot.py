@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from clipforget import parallel
 from clipforget.io import atomic_save_safetensors
 from clipforget.models.base import DualEncoder, to_device
 from clipforget.progress import progress as progress_of
@@ -112,6 +113,12 @@ def compute_image_embeddings(
     ``(x for x, _ in loader)``.
     """
     device = device or model.device
+    if isinstance(images, Tensor) and parallel.world_size() > 1:  # each process its share, gathered in order
+        part = images[parallel.share(len(images))]
+        with parallel.alone():
+            mine = (compute_image_embeddings(model, part, device=device, batch_size=batch_size, progress=progress, desc=desc)
+                    if len(part) else torch.empty(0))
+        return parallel.gather_rows(mine)
     if isinstance(images, Tensor):
         batches: Iterable[Tensor] = images.split(batch_size)
         total: int | None = -(-len(images) // batch_size)

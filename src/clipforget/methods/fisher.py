@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from clipforget import parallel
 from clipforget.config import Config, ConfigError, require
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.losses import encode_texts
@@ -109,14 +110,17 @@ def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layer
     params = [own[n] for n in names]
     sq = {n: 0.0 for n in names}
     unique = sorted(set(texts))
+    mine = parallel.share(len(images))  # each process its share of the samples, summed below
     with _grads_only_for(model, set(names)):
         text_emb = encode_texts(model, unique)
-        for i in progress(range(len(images)), desc=desc, unit="images"):
+        for i in progress(range(mine.start, mine.stop), desc=desc, unit="images"):
             s = (model.encode_image(images[i : i + 1].to(model.device))[0] * text_emb[unique.index(texts[i])]).sum()
             grads = torch.autograd.grad(s, params, retain_graph=True, allow_unused=True)
             for n, g in zip(names, grads):
                 if g is not None:
                     sq[n] += float(g.detach().float().pow(2).sum())
+    totals = parallel.sum_all(torch.tensor([sq[n] for n in names], dtype=torch.float64)).tolist()
+    sq = dict(zip(names, totals))
     return {
         layer: sum(sq[p] for p in ps) / len(images) / sum(own[p].numel() for p in ps) for layer, ps in layers.items()
     }

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from clipforget import parallel
 from clipforget.config import Config, require
 from clipforget.precision import grad_scaler
 from clipforget.progress import progress
@@ -83,10 +84,11 @@ class BatchStream:
         self._order = torch.empty(0, dtype=torch.long)
 
     def next(self) -> Tensor:
+        """The next batch; across the processes of a launch, this process's share of it (the draw is the same on each)."""
         if len(self._order) < self.batch_size:
             self._order = torch.cat([self._order, torch.randperm(self.n, generator=self.generator)])
         batch, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
-        return batch
+        return batch[parallel.share(len(batch))]
 
 
 def make_optimizer(params: Sequence[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -120,7 +122,7 @@ def train_loop(
             break
         terms = loss_fn(step)
         loss = terms["loss"]
-        if not math.isfinite(loss.item()):
+        if not math.isfinite(float(parallel.sum_all(loss.detach().reshape(1).float()))):  # every process stops together
             raise NonFiniteLossError(
                 f"{desc}: the loss became {loss.item()} at step {step} "
                 f"(terms: { {k: float(v.detach()) for k, v in terms.items()} }); lower the learning rate "
@@ -132,6 +134,7 @@ def train_loop(
         else:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
+        parallel.mean_gradients(params)  # each process's share of the batch: the gradient of the whole batch
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         if scaler is None:
