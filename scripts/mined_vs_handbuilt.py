@@ -58,7 +58,11 @@ def run_request(out: Path, scenario: str, r: dict, seed: int) -> dict:
     for kind, run in runs.items():
         if not _finished(run):
             run_forget("testbed", mined_yaml if kind == "mined" else scenario, run, seed=seed)
-    rows = {}
+    hand = runs["hand-built"]
+    original = json.loads((hand / "metrics.json").read_text())["original"]
+    rows = {"original": {"metrics": {k: original[k] for k in ("target", "retain", "heldout")},
+                         "audit": {k: {"unlearned": v["original"]} if isinstance(v, dict) and "original" in v else v
+                                   for k, v in audit_summary(json.loads((hand / "audit.json").read_text())).items()}}}
     for kind, run in runs.items():
         if kind == "hand-built":
             metrics = json.loads((run / "metrics.json").read_text())["unlearned"]
@@ -86,7 +90,7 @@ def markdown(result: dict) -> str:
             m, a = row["metrics"], row["audit"]
             mined = f"{c['mined']}, {c['precision']:.1f}, {c['recall']:.1f}" if kind == "mined" else "–"
             leaked = f"{c['leaked_retain']:.1f} / {c['leaked_calibration']:.1f}" if kind == "mined" else "–"
-            held = ", ".join(f"{v:.1f}" for v in m["heldout"].values())
+            held = ", ".join(f"{k} {m['heldout'][k]:.1f}" for k in sorted(m["heldout"]))
             lines.append(f"| {scenario} | {kind} | {mined} | {leaked} | {m['target']:.1f} | "
                          f"{a['target_worst']['unlearned']:.1f} | {a['search_share']['unlearned']:.1f} "
                          f"({a['search_chance']:.1f}) | {a['relearn']['unlearned']:.1f} | {m['retain']:.1f} | {held} |")

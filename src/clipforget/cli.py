@@ -249,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's bar per checkpoint load is noise here
     loggers = configure_logging(getattr(args, "verbose", False))
+    from clipforget import parallel
+
+    parallel.start()  # under a launch: join it before any model is placed
+    if not parallel.is_main():
+        sys.stdout = open(os.devnull, "w")  # one process prints the results; every one logs, named
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from clipforget.data.sources import ImageLoadError

@@ -38,6 +38,13 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def start() -> None:
+    """Join the launch now (a no-op without one), before any model is placed: on GPUs accelerate then
+    makes this process's own GPU the current one, so ``--device cuda`` means that GPU."""
+    if launched() > 1:
+        _state()
+
+
 def process_index() -> int:
     """This process's rank in the launch (0 without one), whether or not it works alone now."""
     return _state().process_index if launched() > 1 else 0

@@ -313,6 +313,7 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
     """Load the model, build the scenario's splits, preprocess every image, score the original model
     (at ``precision``, :mod:`clipforget.precision`)."""
     start = time.perf_counter()
+    parallel.start()
     scenario_cfg = load_scenario_config(scenario)
     log.info("loading %s", model_id)
     original = (model or load_model(model_id, device=device)).eval()
