@@ -227,3 +227,30 @@ def test_top5_is_capped_at_the_number_of_classes():
 def test_accuracy_rejects_inconsistent_inputs(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         zero_shot_accuracy(scores, labels, num_classes=6)
+
+
+def test_a_large_label_space_is_encoded_once_while_the_text_side_is_unchanged(tiny_models):
+    classes = [f"thing {i}" for i in range(130)]  # 260 prompts: remembered in memory
+    templates = ["a photo of a {}.", "{}"]
+    calls = []
+    encode = tiny_models.encode_text
+
+    def counting(text):
+        calls.append(1)
+        return encode(text)
+
+    tiny_models.encode_text = counting
+    try:
+        first = build_zero_shot_classifier(tiny_models, classes, templates)
+        encoded = len(calls)
+        image_param = next(n for n, _ in tiny_models.tower_parameters("image"))
+        with torch.no_grad():  # an image-side edit: the classifier is the same, not recomputed
+            dict(tiny_models.model.named_parameters())[image_param].add_(1.0)
+        assert torch.equal(build_zero_shot_classifier(tiny_models, classes, templates), first) and len(calls) == encoded
+        _, text_param = next(tiny_models.tower_parameters("text"))
+        with torch.no_grad():
+            text_param.add_(torch.randn_like(text_param))
+        changed = build_zero_shot_classifier(tiny_models, classes, templates)
+        assert len(calls) > encoded and not torch.allclose(changed, first)
+    finally:
+        del tiny_models.encode_text

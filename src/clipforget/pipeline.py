@@ -330,12 +330,16 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
         log.info("%s carries a ledger of %d earlier request(s): %s", model_id, len(ledger.requests),
                  ", ".join(r["scenario"] for r in ledger.requests))
         earlier = ledgers.load_earlier(ledger, original.preprocess, batch_size=batch_size)
+    prepared = Prepared(model_id, original, scenario_cfg, splits, images, None, 0.0, ledger, earlier, precision=precision)
+    # Scored in the default training view: its frozen prefix's activations are what a run trains and is
+    # scored on, so they are computed once here and the original costs one pass of the rest.
+    view = prepared.training_view(original.default_image_prefix, batch_size=batch_size)
     log.info("scoring the original model")
     with autocast(precision, device):
-        metrics = evaluate(original, splits, images, batch_size=batch_size)
-    log.info("original model: %s", _brief(metrics))
-    return Prepared(model_id, original, scenario_cfg, splits, images, metrics, time.perf_counter() - start, ledger, earlier,
-                    precision=precision)
+        prepared.original_metrics = evaluate(view.model, splits, view.images, batch_size=batch_size)
+    log.info("original model: %s", _brief(prepared.original_metrics))
+    prepared.load_seconds = time.perf_counter() - start
+    return prepared
 
 
 def _brief(m: ScenarioMetrics) -> str:

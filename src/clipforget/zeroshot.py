@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ def build_zero_shot_classifier(
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every template must contain '{{}}' where the class name goes; got {list(templates)}")
     device = device or model.device
+    memo_key = None
+    if len(classnames) * len(templates) >= _MEMO_MIN_PROMPTS:  # large label spaces: worth hashing the text side
+        memo_key = _memo_key(model, classnames, templates)
+        if memo_key in _MEMO:
+            _MEMO.move_to_end(memo_key)
+            return _MEMO[memo_key].to(device)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{classifier_cache_key(model, classnames, templates)}.safetensors"
@@ -66,7 +73,29 @@ def build_zero_shot_classifier(
     if cache_file is not None:
         atomic_save_safetensors({"classifier": classifier}, cache_file, metadata={"format": _CACHE_FORMAT})
         log.info("zero-shot classifier cached at %s", cache_file)
+    if memo_key is not None:
+        _MEMO[memo_key] = classifier.detach().cpu()
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
     return classifier
+
+
+#: Classifiers of large label spaces kept in memory, keyed by the content of every weight outside the
+#: image tower (what a classifier is computed from), the names, templates and autocast precision, so
+#: that scoring a model whose text tower did not change (the original and an image-side edit; every
+#: α of a soup over image layers) encodes its 1000-way prompts once.
+_MEMO: OrderedDict[str, Tensor] = OrderedDict()
+_MEMO_SIZE = 8
+_MEMO_MIN_PROMPTS = 256
+
+
+def _memo_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    device_type = model.device.type
+    autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
+    text_side = {k: v for k, v in model.state_dict_model().items() if model.tower_of(k) != "image"}
+    payload = json.dumps({"text_side": state_dict_digest(text_side), "classnames": list(classnames),
+                          "templates": list(templates), "autocast": autocast, "backend": type(model).__name__})
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def state_dict_digest(state: Mapping[str, Tensor]) -> str:
