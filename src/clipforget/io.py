@@ -6,6 +6,8 @@ process's umask (the temporary files they start as are private to the owner).
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import shutil
@@ -125,3 +127,12 @@ def atomic_write_dir(directory: str | Path, write: Callable[[Path], None], last:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -73,6 +73,7 @@ from clipforget.io import (
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
+    sha256_file,
 )
 from clipforget import ledger as ledgers
 from clipforget import parallel
@@ -159,7 +160,7 @@ class DiskStore:
             tensors = self.directory / recorded["name"]
             if not tensors.is_file():
                 raise ResumeError(f"stage {stage!r}: its tensor file {tensors} is missing; {RESTART_HINT}")
-            if _sha256(tensors) != recorded["sha256"]:
+            if sha256_file(tensors) != recorded["sha256"]:
                 raise ResumeError(f"stage {stage!r}: {tensors} is damaged or changed (its sha256 differs from the "
                                   f"one recorded in {meta.name}); {RESTART_HINT}")
             state = load_file(tensors)
@@ -178,16 +179,8 @@ class DiskStore:
         recorded = None
         if payload.get("state"):
             tensors = atomic_save_safetensors(payload["state"], self.directory / f"{stage}.safetensors")
-            recorded = {"name": tensors.name, "sha256": _sha256(tensors)}
+            recorded = {"name": tensors.name, "sha256": sha256_file(tensors)}
         atomic_write_json(self.directory / f"{stage}.json", {**payload.get("info", {}), "stage_file": recorded})
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- one run ------------------------------------------------------------------------------------

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
-from clipforget.io import make_temp_dir
+from clipforget.io import make_temp_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,6 @@ def find_archive(filename: str, folder: str | Path | None = None) -> Path:
     )
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def extract_archive(archive: Path, sha256: str, cache: Path | None = None) -> Path:
     """Extract ``archive`` (after checking its sha256) once into the cache; return the folder.
 
@@ -81,7 +72,7 @@ def extract_archive(archive: Path, sha256: str, cache: Path | None = None) -> Pa
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / _MARKER).is_file():  # another process finished it while we waited
             return target
-        actual = sha256_of(archive)
+        actual = sha256_file(archive)
         if actual != sha256:
             raise DataNotFoundError(
                 f"{archive}: sha256 is {actual}, expected {sha256}; the archive is damaged or a different "

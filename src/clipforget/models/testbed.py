@@ -23,7 +23,6 @@ A saved testbed (:meth:`TestbedModel.save`) is a directory that loads without cl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from clipforget.io import apply_umask, atomic_save_safetensors, atomic_write_json, make_temp_dir
+from clipforget.io import apply_umask, atomic_save_safetensors, atomic_write_json, make_temp_dir, sha256_file
 from clipforget.models.base import (
     DualEncoder,
     ImageProjection,
@@ -162,14 +161,6 @@ def _load_text(directory: Path):
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModel.from_pretrained(directory, local_files_only=True)
     return model, tokenizer
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- the network ---------------------------------------------------------------------------------
