@@ -303,6 +303,8 @@ def _run(args: argparse.Namespace) -> int:
             restart=args.restart, precision=args.precision,
         )
         if len(args.scenario) > 1:
+            if not result:  # another process of a launch: the main one ran the solve
+                return 0
             for name, r in zip(args.scenario, result):
                 print(f"{name}: Target {r.original_metrics.target:.1f} -> "
                       f"{r.unlearned_metrics.target:.1f}, Score {r.score:.1f}")

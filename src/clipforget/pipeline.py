@@ -330,12 +330,12 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
     log.info("scoring the original model")
     with autocast(precision, device):
         prepared.original_metrics = evaluate(view.model, splits, view.images, batch_size=batch_size)
-    log.info("original model: %s", _brief(prepared.original_metrics))
+    log.info("original model: %s", brief_metrics(prepared.original_metrics))
     prepared.load_seconds = time.perf_counter() - start
     return prepared
 
 
-def _brief(m: ScenarioMetrics) -> str:
+def brief_metrics(m: ScenarioMetrics) -> str:
     return ", ".join([f"Target {m.target:.1f}", f"Retain {m.retain:.1f}", *(f"{k} {v:.1f}" for k, v in m.heldout.items())])
 
 
@@ -450,14 +450,14 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     log.info("scoring the unlearned model")
     with timer("evaluate_unlearned"), precise():
         unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
-    log.info("unlearned model: %s", _brief(unlearned_metrics))
+    log.info("unlearned model: %s", brief_metrics(unlearned_metrics))
     unlearned_view = result.model
     if isinstance(result.model, FrozenImagePrefix):
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     warnings = result_warnings(prepared.model, result.model, result.diagnostics)
     with precise():
-        rechecked = _recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
+        rechecked = recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
     warnings += ledgers.recheck_warnings(rechecked)
     for w in warnings:
         log.warning("%s", w)
@@ -478,8 +478,8 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
 
         entry = ledgers.request_entry(
             model_id=prepared.model_id, scenario=prepared.scenario, splits=prepared.splits, method=method,
-            method_config=config.to_dict(), seed=seed, metrics={"original": _headline(original_metrics),
-                                                                 "unlearned": _headline(unlearned_metrics)},
+            method_config=config.to_dict(), seed=seed, metrics={"original": headline_metrics(original_metrics),
+                                                                 "unlearned": headline_metrics(unlearned_metrics)},
             score=score, audit=None if audit_cfg is None else audit_summary(audited.to_dict()), recheck=rechecked)
         ledgers.write_ledger(out / "model", prepared.ledger.extended(entry), result.model)
     atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
@@ -504,11 +504,11 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score, warnings)
 
 
-def _headline(m: ScenarioMetrics) -> dict[str, Any]:
+def headline_metrics(m: ScenarioMetrics) -> dict[str, Any]:
     return {"target": m.target, "retain": m.retain, "heldout": dict(m.heldout)}
 
 
-def _recheck_earlier(out: Path, prepared: Prepared, unlearned: DualEncoder, audit_cfg: AuditConfig | None, seed: int,
+def recheck_earlier(out: Path, prepared: Prepared, unlearned: DualEncoder, audit_cfg: AuditConfig | None, seed: int,
                      timer: Timer) -> list[dict[str, Any]]:
     """Re-check the earlier requests of the model's ledger into ledger_check.json (none: no file)."""
     if not prepared.ledger.requests:

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from clipforget import ledger as ledgers
+from clipforget import parallel
 from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
@@ -47,10 +48,10 @@ from clipforget.models import check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.pipeline import (
     ForgetResult,
-    _brief,
-    _headline,
-    _recheck_earlier,
+    brief_metrics,
+    headline_metrics,
     prepare,
+    recheck_earlier,
     resolve_audit_config,
     resolve_method_config,
     run_config,
@@ -91,6 +92,15 @@ def run_forget_together(
     audit_cfg = resolve_audit_config(audit)
     check_device(device)
     precision = resolve_precision(precision, device)
+    if parallel.world_size() > 1:  # one solve: the main process does it all, the others wait
+        results = []
+        if parallel.is_main():
+            with parallel.alone():
+                results = run_forget_together(model_id, scenarios, out, method=method, config=method_cfg, seed=seed,
+                                              device=device, batch_size=batch_size, image_prefix=image_prefix,
+                                              audit=audit_cfg, restart=restart, precision=precision)
+        parallel.barrier()
+        return results
     check_output_dir(out, [model_id])
     out = Path(out)
     timer, started = Timer(), time.time()
@@ -117,7 +127,7 @@ def run_forget_together(
         log.info("one closed-form edit for %d requests (relative size %.3f)", len(views), edit["edit_norm"])
         unlearned = student.unwrap() if isinstance(student, FrozenImagePrefix) else student
         with autocast(precision, device):
-            rechecked = _recheck_earlier(out, prepared[0], unlearned, audit_cfg, seed, timer)
+            rechecked = recheck_earlier(out, prepared[0], unlearned, audit_cfg, seed, timer)
         warnings = ledgers.recheck_warnings(rechecked)
         per: dict[str, Any] = {}
         ledger = prepared[0].ledger
@@ -127,7 +137,7 @@ def run_forget_together(
             with timer("evaluate_unlearned"), autocast(precision, device):
                 metrics = evaluate(student, p.splits, v.images, batch_size=batch_size)
             score = paper_score(metrics, p.original_metrics)
-            log.info("%s: %s (Score %.1f)", p.scenario.name, _brief(metrics), score)
+            log.info("%s: %s (Score %.1f)", p.scenario.name, brief_metrics(metrics), score)
             audited = None
             if audit_cfg is None:
                 (folder / "audit.json").unlink(missing_ok=True)
@@ -136,7 +146,7 @@ def run_forget_together(
                     audited = run_audit(v.model, student, p.splits, v.images, audit_cfg, seed=seed).to_dict()
                 atomic_write_json(folder / "audit.json", audited)
             write_sets(folder, p.splits, open_sources(p.scenario), seed=seed)
-            headline = {"original": _headline(p.original_metrics), "unlearned": _headline(metrics)}
+            headline = {"original": headline_metrics(p.original_metrics), "unlearned": headline_metrics(metrics)}
             per[p.scenario.name] = {"original": p.original_metrics.to_dict(), "unlearned": metrics.to_dict(), "score": score}
             ledger = ledger.extended(ledgers.request_entry(
                 model_id=model_id, scenario=p.scenario, splits=p.splits, method=method,
