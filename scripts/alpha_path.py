@@ -13,7 +13,7 @@ import argparse
 
 from safetensors.torch import load_file
 
-from clipforget.evaluation import evaluate
+from clipforget.evaluation import evaluate_scenario
 from clipforget.methods.core import clone_model, load_partial_state
 from clipforget.methods.souping import interpolate
 from clipforget.pipeline import prepare
@@ -37,7 +37,7 @@ def main() -> None:
         unlearned = {**original, **load_file(f"{args.run}/stages/{stage}.safetensors")}
         for alpha in (float(a) for a in args.alphas.split(",")):
             load_partial_state(model, interpolate(original, unlearned, alpha))
-            m = evaluate(model, prepared.splits, view.images)
+            m = evaluate_scenario(model, prepared.splits, view.images)
             print(f"{stage} alpha {alpha:.2f}: Target {m.target:.1f} Retain {m.retain:.1f}", {k: round(v, 1) for k, v in m.heldout.items()})
 
 

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from clipforget.methods.base import clone_model, load_partial_state
 from clipforget.methods.souping import interpolate, pick_alpha
 from clipforget.metrics import paper_score
-from clipforget.pipeline import evaluate, prepare
+from clipforget.evaluation import evaluate_scenario
+from clipforget.pipeline import prepare
 
 RULES = {  # name -> (rule, tolerance, margin)
     "edge, tolerance 0.01": ("edge", 0.01, 0),
@@ -48,7 +49,7 @@ def scores_per_alpha(bench: Path, scenario: str, model_id: str) -> dict[str, lis
         rows = []
         for point in curve:
             load_partial_state(student, interpolate(original, unlearned, point["alpha"]))
-            metrics = evaluate(student, prepared.splits, view.images)
+            metrics = evaluate_scenario(student, prepared.splits, view.images)
             rows.append({**point, "target": metrics.target, "score": paper_score(metrics, prepared.original_metrics)})
         cells[cell.name] = rows
     return cells

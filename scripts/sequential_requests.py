@@ -28,7 +28,7 @@ from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
 from clipforget.bench import _finished
 from clipforget.data import build_scenario, load_scenario_config, open_sources
-from clipforget.evaluation import evaluate
+from clipforget.evaluation import evaluate_scenario
 from clipforget.io import atomic_write_json
 from clipforget.models import load_model
 from clipforget.pipeline import load_scenario_images, run_forget
@@ -77,7 +77,7 @@ def score_all(models, scenarios, seed: int) -> dict:
         images = load_scenario_images(splits, open_sources(config), original.preprocess)
         for step, model_id in models:
             model = original if model_id == "testbed" else load_model(model_id).eval()
-            metrics = evaluate(model, splits, images)
+            metrics = evaluate_scenario(model, splits, images)
             names = run_audit(original, model, splits, images, names_only, seed=seed, tuned=()).parts["names"]
             skip = {SUBGROUP_CLASS[s] for s in scenarios if s != scenario}
             table.setdefault(step, {})[scenario] = {

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from clipforget.audit import AuditConfig, audit, auc_interval, changed_parameters, linear_probe, retrieval
 from clipforget.config import ConfigError
-from clipforget.evaluation import evaluate
+from clipforget.evaluation import evaluate_scenario
 from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, normalize
 from clipforget.pipeline import prepare
 
@@ -160,7 +160,7 @@ def image_side_removal(model: ProtoModel, images) -> ProtoModel:
 
 
 def test_the_constructed_model_recognises_the_subgroup(proto, prepared):
-    metrics = evaluate(proto, prepared.splits, prepared.images)
+    metrics = evaluate_scenario(proto, prepared.splits, prepared.images)
     assert metrics.target == 100.0 and metrics.retain == 100.0
 
 
@@ -170,7 +170,7 @@ def test_a_text_only_edit_is_flagged(proto, prepared):
     result = audit(proto, edited, prepared.splits, prepared.images, FAST, seed=0).to_dict()
     names = result["parts"]["names"]
     label = next(p for p in names["prompts"] if p["name"] == "dog" and p["templates"] == "scenario")
-    assert label["original"] == evaluate(proto, prepared.splits, prepared.images).target == 100.0
+    assert label["original"] == evaluate_scenario(proto, prepared.splits, prepared.images).target == 100.0
     assert label["unlearned"] == 0.0, "the label's own prompt no longer finds the subgroup"
     assert names["target_worst"]["unlearned"] == 100.0 and names["worst_prompt"]["unlearned"]["name"] in ALIASES
     assert names["fine_grained"]["aliases"]["English springer"]["unlearned"] == 100.0

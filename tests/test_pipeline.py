@@ -174,7 +174,7 @@ def test_cli_refuses_bad_overrides(saved_rn, scenario, tmp_path, override, messa
 
 
 def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_model(saved_rn, scenario, tmp_path):
-    from clipforget.evaluation import evaluate
+    from clipforget.evaluation import evaluate_scenario
     from clipforget.pipeline import prepare, run_method
 
     prepared = prepare(saved_rn, scenario)
@@ -187,7 +187,7 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
                            for k in changed), sorted(changed)
     # Metrics computed on cached prefix activations equal those of the whole reloaded model.
     reloaded = load_model(result.model.saved_id(tmp_path / "run" / "model"))
-    full = evaluate(reloaded, prepared.splits, prepared.images)
+    full = evaluate_scenario(reloaded, prepared.splits, prepared.images)
     assert (full.target, full.retain, full.heldout) == (result.unlearned.target, result.unlearned.retain,
                                                          result.unlearned.heldout)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["image_prefix"] == "visual.layer4"

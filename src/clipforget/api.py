@@ -21,7 +21,7 @@ from clipforget.data import (
     load_scenario_config,
     open_sources,
 )
-from clipforget.evaluation import evaluate as _evaluate
+from clipforget.evaluation import evaluate_scenario
 from clipforget.methods import list_methods as _list_methods
 from clipforget.metrics import ScenarioMetrics
 from clipforget.io import atomic_write_json
@@ -47,7 +47,7 @@ def evaluate(model: str | DualEncoder, scenario: str | Path, *, device: str = "c
     config = load_scenario_config(scenario)
     splits = build_scenario(config)
     images = load_scenario_images(splits, open_sources(config), model.preprocess, batch_size=batch_size)
-    return _evaluate(model, splits, images, batch_size=batch_size)
+    return evaluate_scenario(model, splits, images, batch_size=batch_size)
 
 
 def forget(model: str, scenario: str | Path, *, out: str | Path, method: str = "ours", **kwargs) -> ForgetResult:

@@ -80,7 +80,7 @@ def evaluate_images(model: DualEncoder, data: LabelledImages, *, batch_size: int
 
 
 @torch.no_grad()
-def evaluate(model: DualEncoder, splits: ScenarioSplits, images: ScenarioImages, *, batch_size: int = 64) -> ScenarioMetrics:
+def evaluate_scenario(model: DualEncoder, splits: ScenarioSplits, images: ScenarioImages, *, batch_size: int = 64) -> ScenarioMetrics:
     """Target, Retain (the scenario's label space) and each held-out set: zero-shot top-1 in %.
 
     ``details`` holds, per set, :class:`ZeroShotAccuracy`'s figures and ``predicted``: the top-1

@@ -2,7 +2,7 @@
 
 :func:`write_sets` writes ``sets.json`` and ``examples/*.png`` into a run directory. The predictions
 shown next to each thumbnail are not here: they are the models' ``predicted`` lists in
-``metrics.json`` (:func:`clipforget.evaluation.evaluate`), joined by set name and image index.
+``metrics.json`` (:func:`clipforget.evaluation.evaluate_scenario`), joined by set name and image index.
 """
 
 from __future__ import annotations

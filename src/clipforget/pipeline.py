@@ -65,7 +65,7 @@ from clipforget.data import (
 from clipforget.evaluation import (
     LabelledImages,
     ScenarioImages,
-    evaluate,
+    evaluate_scenario,
     label_indices,
 )
 from clipforget.examples import write_sets
@@ -329,7 +329,7 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
     view = prepared.training_view(original.default_image_prefix, batch_size=batch_size)
     log.info("scoring the original model")
     with autocast(precision, device):
-        prepared.original_metrics = evaluate(view.model, splits, view.images, batch_size=batch_size)
+        prepared.original_metrics = evaluate_scenario(view.model, splits, view.images, batch_size=batch_size)
     log.info("original model: %s", brief_metrics(prepared.original_metrics))
     prepared.load_seconds = time.perf_counter() - start
     return prepared
@@ -449,7 +449,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
     log.info("scoring the unlearned model")
     with timer("evaluate_unlearned"), precise():
-        unlearned_metrics = evaluate(result.model, prepared.splits, view.images, batch_size=batch_size)
+        unlearned_metrics = evaluate_scenario(result.model, prepared.splits, view.images, batch_size=batch_size)
     log.info("unlearned model: %s", brief_metrics(unlearned_metrics))
     unlearned_view = result.model
     if isinstance(result.model, FrozenImagePrefix):

@@ -38,7 +38,7 @@ from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
 from clipforget.data import open_sources
-from clipforget.evaluation import evaluate
+from clipforget.evaluation import evaluate_scenario
 from clipforget.examples import write_sets
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods.base import WeightChoice
@@ -135,7 +135,7 @@ def run_forget_together(
             folder = out / p.scenario.name
             atomic_write_text(folder / "scenario.yaml", p.scenario.to_yaml())
             with timer("evaluate_unlearned"), autocast(precision, device):
-                metrics = evaluate(student, p.splits, v.images, batch_size=batch_size)
+                metrics = evaluate_scenario(student, p.splits, v.images, batch_size=batch_size)
             score = paper_score(metrics, p.original_metrics)
             log.info("%s: %s (Score %.1f)", p.scenario.name, brief_metrics(metrics), score)
             audited = None

@@ -115,7 +115,7 @@ class GroupConfig(Config):
 
 
 @dataclass(frozen=True)
-class ForgetConfig(GroupConfig):
+class SubgroupConfig(GroupConfig):
     """The subgroup to forget; ``text`` is the forget text paired with its images.
 
     ``aliases``: other names of the subgroup (synonyms, its fine-grained name, a plural, a common
@@ -266,7 +266,7 @@ class ScenarioConfig(Config):
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
     hierarchy: dict[str, tuple[str, ...]]
-    forget: ForgetConfig
+    forget: SubgroupConfig
     retain: tuple[GroupConfig, ...]
     calibration: tuple[SampleConfig, ...]
     heldout: tuple[HeldoutConfig, ...] = ()

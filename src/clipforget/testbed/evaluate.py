@@ -86,7 +86,7 @@ def _features(model: TestbedModel, image_set: ImageSet, digest: str) -> tuple[Te
     return feats, torch.tensor([index[e.classname] for e in entries]), classes
 
 
-def evaluate(model: TestbedModel, train_per_class: int = 200, test_per_class: int = 100) -> list[dict]:
+def measure_quality(model: TestbedModel, train_per_class: int = 200, test_per_class: int = 100) -> list[dict]:
     """One record per row: name, images, classes, zero-shot top-1, ceiling top-1 and what the ceiling is."""
     sets = standard_sets(train_per_class, test_per_class)
     digest = state_dict_digest(model.model.image_tower.state_dict())
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_model(args.model)
     if not isinstance(model, TestbedModel):
         p.error(f"{args.model!r} is not a testbed model")
-    print(markdown(evaluate(model, args.train_per_class, args.test_per_class), model))
+    print(markdown(measure_quality(model, args.train_per_class, args.test_per_class), model))
     return 0
 
 
