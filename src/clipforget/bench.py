@@ -186,8 +186,7 @@ def run_bench(
                 atomic_write_json(cell / "bench.json", {"scenario": name, "method": m, "seed": s})
                 if save_models == "best" and world == 1:
                     _keep_best_model(out / "runs" / folder_name(name))
-    if world > 1:
-        parallel.barrier()  # every process's cells are finished
+    parallel.barrier()  # every process's cells are finished
     if rank == 0:
         with open_bench_dir(out):
             if save_models == "best" and world > 1:

@@ -37,7 +37,7 @@ from clipforget import parallel
 from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
-from clipforget.data import open_sources
+from clipforget.data import load_scenario_config, open_sources
 from clipforget.evaluation import evaluate_scenario
 from clipforget.examples import write_sets
 from clipforget.io import atomic_write_json, atomic_write_text
@@ -101,6 +101,9 @@ def run_forget_together(
                                               audit=audit_cfg, restart=restart, precision=precision)
         parallel.barrier()
         return results
+    names = [load_scenario_config(s).name for s in scenarios]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"a scenario is named twice among {', '.join(names)}; give each request once")
     check_output_dir(out, [model_id])
     out = Path(out)
     timer, started = Timer(), time.time()
@@ -108,9 +111,6 @@ def run_forget_together(
     with timer("load"):
         prepared = [prepare(model_id, s, device=device, batch_size=batch_size, model=model, precision=precision)
                     for s in scenarios]
-    names = [p.scenario.name for p in prepared]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"a scenario is named twice among {', '.join(names)}; give each request once")
     resolved = {**run_config(prepared[0], method=method, config=method_cfg, seed=seed, device=device,
                              image_prefix=image_prefix), "scenario": names}
     key = {"together": [p.resume_key(resolved) for p in prepared]}

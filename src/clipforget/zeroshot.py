@@ -90,12 +90,16 @@ _MEMO_MIN_PROMPTS = 256
 
 
 def _memo_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    device_type = model.device.type
-    autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
     text_side = {k: v for k, v in model.state_dict_model().items() if model.tower_of(k) != "image"}
     payload = json.dumps({"text_side": state_dict_digest(text_side), "classnames": list(classnames),
-                          "templates": list(templates), "autocast": autocast, "backend": type(model).__name__})
+                          "templates": list(templates), "autocast": _autocast_tag(model)})
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _autocast_tag(model: DualEncoder) -> str | None:
+    """The autocast dtype on the model's device, None outside autocast."""
+    device_type = model.device.type
+    return str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
 
 
 def state_dict_digest(state: Mapping[str, Tensor]) -> str:
@@ -111,8 +115,7 @@ def state_dict_digest(state: Mapping[str, Tensor]) -> str:
 def classifier_cache_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
     """The cache key of a classifier: a hash of the model weights, the class names, the templates and
     the autocast precision it is computed at."""
-    device_type = model.device.type
-    autocast = str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
+    autocast = _autocast_tag(model)
     payload = json.dumps(
         {
             "format": _CACHE_FORMAT,

@@ -155,6 +155,13 @@ class PaperConfig(OursConfig):
     forget: ForgetConfig = field(default_factory=ForgetConfig)
 
 
+def self_names(teacher: DualEncoder, data: UnlearnData, config: ForgetConfig) -> list[dict[str, float]]:
+    """The names the original model gives the forget images that the forget stage also takes off
+    (``config.self_names`` of ``config.vocabulary``, at the configured floors)."""
+    return subgroup_names(teacher, data, vocabulary(config.vocabulary), config.self_names,
+                          min_probability=config.self_name_min, min_ratio=config.self_name_ratio)
+
+
 def _state_of(model: DualEncoder, keys: list[str], original: StateDict) -> StateDict:
     """The named entries plus any other entry that differs from ``original`` (what a stage changed)."""
     own = model.model.state_dict()
@@ -183,8 +190,7 @@ class Ours(Method):
         diagnostics: dict[str, dict[str, Any]] = {}
 
         def select() -> tuple[dict[str, Any], StateDict]:
-            names = subgroup_names(teacher, data, vocabulary(config.forget.vocabulary), config.forget.self_names,
-                                   min_probability=config.forget.self_name_min, min_ratio=config.forget.self_name_ratio)
+            names = self_names(teacher, data, config.forget)
             if names:
                 log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
             if config.forget.solver == "closed_form" and not config.use_remind:
@@ -307,8 +313,7 @@ def forget_together(requests: Sequence[tuple[DualEncoder, UnlearnData]], config:
     terms, info = [], []
     for model, data in requests:
         fit, check = split_forget(data, holdout, seed)
-        names = subgroup_names(model, fit, vocabulary(config.forget.vocabulary), config.forget.self_names,
-                               min_probability=config.forget.self_name_min, min_ratio=config.forget.self_name_ratio)
+        names = self_names(model, fit, config.forget)
         terms.append(edit_terms(model, fit, config.forget, [n["name"] for n in names], keep if not terms else ()))
         info.append({"forget_names": names, "check": check, "before": forget_progress(model, check)})
     delta, mean = solve_edit(terms, config.forget.ridge, centre=bool(student.image_projection().bias))
