@@ -10,6 +10,7 @@ from pathlib import Path
 from clipforget import api, parallel
 from clipforget.bench import collect, run_bench
 from clipforget.cli import configure_logging
+from clipforget.data import Streaming
 from clipforget.pipeline import run_forget
 
 
@@ -17,13 +18,14 @@ def main() -> None:
     model_id, scenario, config, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
     configure_logging()
     metrics = api.evaluate(model_id, scenario)
+    streamed = api.evaluate(model_id, scenario, streaming=Streaming(above_mib=0, workers=1))  # held-out sets from disk
     forget = run_forget(model_id, scenario, out / "forget", method="ours-paper", config=config, seed=0, audit=False)
     run_bench(model_id, [scenario], methods=["ga", "ours", "rl"], seeds=[0, 1], out=out / "bench", save_models="none",
               audit=False, configs={"ours-paper": config})
     if parallel.is_main():
         rows = {(r["method"], r["seed"]): r["score"] for r in collect(out / "bench")}
         (out / "result.json").write_text(json.dumps({
-            "processes": parallel.world_size(), "eval": metrics.to_dict(),
+            "processes": parallel.world_size(), "eval": metrics.to_dict(), "eval_streamed": streamed.to_dict(),
             "forget": {"target": forget.unlearned.target, "retain": forget.unlearned.retain,
                        "heldout": dict(forget.unlearned.heldout), "score": forget.score},
             "bench": {f"{m}/{s}": v for (m, s), v in sorted(rows.items())},

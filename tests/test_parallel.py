@@ -53,6 +53,8 @@ def test_two_processes_give_the_single_process_figures(runs):
     for key in ("target", "retain"):  # evaluation: each process scores half the images, the rows gathered in order
         assert two["eval"][key] == pytest.approx(one["eval"][key], abs=1e-6)
     assert two["eval"]["details"]["retain"]["predicted"] == one["eval"]["details"]["retain"]["predicted"]
+    for run in (one, two):  # a streamed held-out set: each process reads its share of the files
+        assert run["eval_streamed"]["details"] == run["eval"]["details"] and run["eval"]["heldout"]
     # the paper's forget run: Fisher over half the samples each, each batch split, gradients averaged
     fisher = [json.loads((root / run / "forget" / "fisher.json").read_text()) for run in ("one", "two")]
     for part in ("forget", "retain"):

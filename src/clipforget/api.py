@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from clipforget.audit import AuditResult, changed_parameters
 from clipforget.audit import audit as _audit
 from clipforget.config import ConfigError
 from clipforget.data import (
+    Streaming,
     build_scenario,
     bundled_scenarios,
     load_scenario_config,
@@ -41,12 +43,15 @@ from clipforget.rundir import check_writable, refuse_overlap
 log = logging.getLogger(__name__)
 
 
-def evaluate(model: str | DualEncoder, scenario: str | Path, *, device: str = "cpu", batch_size: int = 64) -> ScenarioMetrics:
-    """Zero-shot Target, Retain and held-out accuracy (%) of ``model`` on ``scenario``."""
+def evaluate(model: str | DualEncoder, scenario: str | Path, *, device: str = "cpu", batch_size: int = 64,
+             streaming: Streaming = Streaming()) -> ScenarioMetrics:
+    """Zero-shot Target, Retain and held-out accuracy (%) of ``model`` on ``scenario`` (held-out sets
+    streamed as ``streaming`` says)."""
     model = load_model(model, device=device) if isinstance(model, str) else model
     config = load_scenario_config(scenario)
     splits = build_scenario(config)
-    images = load_scenario_images(splits, open_sources(config), model.preprocess, batch_size=batch_size)
+    images = load_scenario_images(splits, open_sources(config), model.preprocess, batch_size=batch_size,
+                                  streaming=streaming)
     return evaluate_scenario(model, splits, images, batch_size=batch_size)
 
 
@@ -99,13 +104,14 @@ def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), *
 
 def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, seed: int = 0,
           config: AuditSetting = True, device: str = "cpu", batch_size: int = 64,
-          image_prefix: str | None = "auto", precision: str | None = "auto") -> AuditResult:
+          image_prefix: str | None = "auto", precision: str | None = "auto",
+          streaming: Streaming = Streaming()) -> AuditResult:
     """Audit the unlearned ``model`` against ``original`` on ``scenario``; writes out/audit.json and audit.md.
 
     Images are preprocessed once per preprocessing (twice only when the two models differ in it).
     ``image_prefix`` ("auto": the backend's default) runs both models from that image stage on, on
     activations computed once, when the two agree on every weight and buffer before it; else whole images.
-    ``precision``: as for :func:`clipforget.pipeline.run_forget`.
+    ``precision``, ``streaming``: as for :func:`clipforget.pipeline.run_forget`.
     """
     from clipforget.precision import autocast, resolve_precision
 
@@ -119,16 +125,18 @@ def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, s
     splits = build_scenario(scenario_cfg)
     before, after = load_model(original, device=device).eval(), load_model(model, device=device).eval()
     sources = open_sources(scenario_cfg)
-    images = load_scenario_images(splits, sources, before.preprocess, batch_size=batch_size)
+    images = load_scenario_images(splits, sources, before.preprocess, batch_size=batch_size, streaming=streaming)
     same = same_preprocess(before.preprocess, after.preprocess)
-    after_images = images if same else load_scenario_images(splits, sources, after.preprocess, batch_size=batch_size)
+    after_images = images if same else load_scenario_images(splits, sources, after.preprocess, batch_size=batch_size,
+                                                                         streaming=streaming)
     tuned = changed_parameters(before, after)
     if image_prefix == "auto":
         image_prefix = before.default_image_prefix
     if same and image_prefix is not None and _prefix_agrees(before, after, image_prefix):
         view = FrozenImagePrefix(before, image_prefix)
         before, after = view, FrozenImagePrefix(after, image_prefix)
-        images = after_images = map_images(images, lambda x: view.prefix(x, batch_size))
+        images = after_images = map_images(images, functools.partial(view.prefix, batch_size=batch_size),
+                                            f"frozen image stages before {image_prefix}")
     else:
         image_prefix = None
     with autocast(precision, device):

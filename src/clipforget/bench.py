@@ -26,6 +26,7 @@ from typing import Any
 
 from clipforget import parallel
 from clipforget.audit import audit_summary
+from clipforget.data import Streaming
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods import get_method, list_methods
 from clipforget.precision import resolve_precision
@@ -104,6 +105,7 @@ def run_bench(
     save_models: str = "ours",
     restart: bool = False,
     precision: str | None = "auto",
+    streaming: Streaming = Streaming(),
 ) -> str:
     """Run the grid and return the Markdown table.
 
@@ -111,8 +113,8 @@ def run_bench(
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
     ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
     ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` redoes the cells whose stored stages
-    or results belong to another run (else such a cell is refused); ``precision`` as for
-    :func:`clipforget.pipeline.run_forget`.
+    or results belong to another run (else such a cell is refused); ``precision`` and ``streaming`` as
+    for :func:`clipforget.pipeline.run_forget`.
     """
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
@@ -156,7 +158,8 @@ def run_bench(
             if not any(c[0] == scenario for c in mine):
                 continue
             name = load_scenario_config(scenario).name
-            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, precision=precision)
+            prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, precision=precision,
+                               streaming=streaming)
             todo = []
             for m, s in ((m, s) for m in methods for s in seeds if (scenario, m, s) in mine):
                 cell = cell_dir(out, name, m, s)

@@ -85,6 +85,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _streaming(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stream-above", type=float, default=None, metavar="MIB",
+                   help="a held-out set whose preprocessed images would take more than MIB MiB is read from disk "
+                        "at every pass instead of kept in memory (default: 1024; 0 streams every held-out set)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers reading streamed sets (default: the CPU count less one, at most 8; "
+                        "0 reads in the main process)")
+
+
+def _streaming_of(args: argparse.Namespace):
+    from clipforget.data import Streaming
+
+    given = {"above_mib": args.stream_above, "workers": args.workers}
+    return Streaming(**{k: v for k, v in given.items() if v is not None})
+
+
 SCENARIO_HELP = "a scenario YAML file, or the name of a bundled one (see: clipforget scenarios)"
 
 
@@ -102,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the model id (grammar below)")
     p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
     p.add_argument("--out", help="also write the metrics as JSON to this file")
+    _streaming(p)
     _common(p)
 
     p = command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html")
@@ -121,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="config overrides applied after --config, e.g. forget.delta=-0.3 select.top_k=16")
     _train(p)
     _audit(p)
+    _streaming(p)
     _common(p)
 
     p = command("bench", "every method on every scenario and seed, resumable; CSV, JSON, Markdown and report.html")
@@ -136,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default); per scenario the best Score only; all")
     _train(p)
     _audit(p)
+    _streaming(p)
     _common(p)
 
     p = command("audit", "can the forgotten subgroup still be found? an unlearned model against its original")
@@ -146,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the seed of the audit's random choices (default: 0)")
     p.add_argument("--config", help="audit config YAML (default: the audit's defaults; see: clipforget config audit)")
     _train(p)
+    _streaming(p)
     _common(p)
 
     p = command("mine", "build a scenario YAML from an unlabeled pool of images and a description of the subgroup")
@@ -287,7 +307,8 @@ def _run(args: argparse.Namespace) -> int:
             from clipforget.rundir import check_output_file
 
             check_output_file(args.out)
-        metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size)
+        metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size,
+                               streaming=_streaming_of(args))
         text = json.dumps(metrics.to_dict(), indent=2)
         print(api.format_metrics(metrics))
         if args.out:
@@ -300,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
             args.model, args.scenario[0] if len(args.scenario) == 1 else args.scenario, out=args.out,
             method=args.method, config=args.config, overrides=args.overrides, seed=args.seed, device=args.device,
             batch_size=args.batch_size, image_prefix=args.image_prefix, audit=_audit_setting(args),
-            restart=args.restart, precision=args.precision,
+            restart=args.restart, precision=args.precision, streaming=_streaming_of(args),
         )
         if len(args.scenario) > 1:
             if not result:  # another process of a launch: the main one ran the solve
@@ -321,6 +342,7 @@ def _run(args: argparse.Namespace) -> int:
             args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
             device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
             audit=_audit_setting(args), save_models=args.save_models, restart=args.restart, precision=args.precision,
+            streaming=_streaming_of(args),
         )
         print(table)
         print(f"report: {Path(args.out) / 'report.html'}")
@@ -328,6 +350,7 @@ def _run(args: argparse.Namespace) -> int:
         result = api.audit(
             args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
             device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix, precision=args.precision,
+            streaming=_streaming_of(args),
         )
         print(api.format_audit(result))
         print(f"audit: {Path(args.out) / 'audit.md'}")

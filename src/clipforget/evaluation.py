@@ -1,8 +1,9 @@
 """Honest evaluation: one function scores any model on a scenario's Target, Retain and held-out sets.
 
 Images arrive already preprocessed (:class:`ScenarioImages`, built once per preprocessing by
-:func:`clipforget.api.load_scenario_images`), so evaluating the original, the unlearned and every
-souping candidate costs forward passes only.
+:func:`clipforget.pipeline.load_scenario_images`), so evaluating the original, the unlearned and every
+souping candidate costs forward passes only; a held-out set too large for memory is streamed
+(:class:`~clipforget.data.StreamedImages`) and costs a read of its files at each pass.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from clipforget.data.loading import StreamedImages
 from clipforget.data.types import EvalSet, ScenarioSplits
 from clipforget.metrics import ScenarioMetrics
 from clipforget.models.base import DualEncoder
@@ -26,9 +28,9 @@ from clipforget.zeroshot import (
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Preprocessed images (N, C, H, W) and their class indices into ``classnames``."""
+    """Preprocessed images (N, C, H, W), in memory or streamed, and their class indices into ``classnames``."""
 
-    images: Tensor
+    images: Tensor | StreamedImages
     labels: Tensor
     classnames: tuple[str, ...]
     templates: tuple[str, ...]

@@ -58,6 +58,8 @@ from clipforget.data import (
     ScenarioConfig,
     ScenarioSplits,
     build_scenario,
+    StreamedImages,
+    Streaming,
     load_images,
     load_scenario_config,
     open_sources,
@@ -92,8 +94,11 @@ log = logging.getLogger(__name__)
 
 
 # -- scenario -> tensors -------------------------------------------------------------------------
-def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], preprocess, *, batch_size: int = 64) -> ScenarioImages:
-    """Every split of ``splits`` as tensors preprocessed for one model."""
+def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], preprocess, *, batch_size: int = 64,
+                         streaming: Streaming = Streaming()) -> ScenarioImages:
+    """Every split of ``splits`` preprocessed for one model: as tensors, except the held-out sets that
+    ``streaming`` streams (:class:`~clipforget.data.StreamedImages`, read again at every pass). The
+    training sets, Target and Retain are the scenario's own classes and are always kept in memory."""
 
     def labelled(records, classnames, templates, desc) -> LabelledImages:
         index = {c: i for i, c in enumerate(classnames)}
@@ -101,9 +106,14 @@ def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], pre
         return LabelledImages(load_images(records, sources, preprocess, batch_size=batch_size, desc=desc), labels,
                               tuple(classnames), tuple(templates))
 
-    def eval_set(s) -> LabelledImages:
-        return LabelledImages(load_images(s.records, sources, preprocess, batch_size=batch_size, desc=s.name),
-                              label_indices(s), s.classnames, s.templates)
+    def eval_set(s, may_stream: bool = False) -> LabelledImages:
+        images: Any = StreamedImages(s.records, sources, preprocess, workers=streaming.worker_count()) if may_stream else None
+        if images is not None and images.decoded_bytes() > streaming.above_mib * 2**20:
+            log.info("held-out set %s (%d images, %.0f MiB preprocessed) is streamed at every pass", s.name,
+                     len(images), images.decoded_bytes() / 2**20)
+        else:
+            images = load_images(s.records, sources, preprocess, batch_size=batch_size, desc=s.name)
+        return LabelledImages(images, label_indices(s), s.classnames, s.templates)
 
     calib_names = list(splits.classnames) + sorted({r.label for r in splits.calibration} - set(splits.classnames))
     return ScenarioImages(
@@ -112,7 +122,7 @@ def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], pre
         calibration=labelled(splits.calibration, calib_names, splits.templates, "calibration set"),
         target=eval_set(splits.target),
         retain=eval_set(splits.retain),
-        heldout={s.name: eval_set(s) for s in splits.heldout},
+        heldout={s.name: eval_set(s, may_stream=True) for s in splits.heldout},
     )
 
 
@@ -267,7 +277,8 @@ class Prepared:
                 mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
                           ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}
                 self._views[image_prefix] = TrainingView(view, dataclasses.replace(data, **mapped),
-                                                         map_images(self.images, lambda x: view.prefix(x, batch_size)),
+                                                         map_images(self.images, functools.partial(view.prefix, batch_size=batch_size),
+                                                                    f"frozen image stages before {image_prefix}"),
                                                          ledgers.forgotten_sets(self.earlier, view, batch_size=batch_size))
         return self._views[image_prefix]
 
@@ -281,30 +292,38 @@ class TrainingView:
 
 
 def images_digest(images: ScenarioImages) -> str:
-    """SHA-256 of every image tensor and label of a scenario (what a method and the metrics see)."""
+    """SHA-256 of every image tensor and label of a scenario (what a method and the metrics see); a
+    streamed set counts by its :meth:`~clipforget.data.StreamedImages.identity`."""
     h = hashlib.sha256()
     sets = {"forget_train": images.forget_train, **{k: getattr(images, k) for k in ("retain_train", "calibration", "target", "retain")},
             **{f"heldout/{k}": v for k, v in images.heldout.items()}}
     for name, value in sets.items():
-        tensors = {"images": value} if isinstance(value, torch.Tensor) else {"images": value.images, "labels": value.labels}
-        h.update(f"{name}|{list(getattr(value, 'classnames', ()))}|{state_dict_digest(tensors)}\n".encode())
+        if isinstance(value, LabelledImages) and isinstance(value.images, StreamedImages):
+            content = f"streamed {value.images.identity()} {state_dict_digest({'labels': value.labels})}"
+        else:
+            tensors = {"images": value} if isinstance(value, torch.Tensor) else {"images": value.images, "labels": value.labels}
+            content = state_dict_digest(tensors)
+        h.update(f"{name}|{list(getattr(value, 'classnames', ()))}|{content}\n".encode())
     return h.hexdigest()
 
 
-def map_images(images: ScenarioImages, fn) -> ScenarioImages:
-    """Apply ``fn`` to every image tensor of ``images`` (labels and names unchanged)."""
+def map_images(images: ScenarioImages, fn, tag: str | None = None) -> ScenarioImages:
+    """Apply ``fn`` to every image tensor of ``images`` (labels and names unchanged); a streamed set
+    takes it as a per-batch step named ``tag`` (default: ``fn``'s qualified name)."""
+    tag = tag or getattr(fn, "__qualname__", type(fn).__qualname__)
 
     def lab(x: LabelledImages) -> LabelledImages:
-        return dataclasses.replace(x, images=fn(x.images))
+        mapped = x.images.then(tag, fn) if isinstance(x.images, StreamedImages) else fn(x.images)
+        return dataclasses.replace(x, images=mapped)
 
     return ScenarioImages(fn(images.forget_train), lab(images.retain_train), lab(images.calibration), lab(images.target),
                           lab(images.retain), {k: lab(v) for k, v in images.heldout.items()})
 
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
-            model: DualEncoder | None = None, precision: str = "fp32") -> Prepared:
-    """Load the model, build the scenario's splits, preprocess every image, score the original model
-    (at ``precision``, :mod:`clipforget.precision`)."""
+            model: DualEncoder | None = None, precision: str = "fp32", streaming: Streaming = Streaming()) -> Prepared:
+    """Load the model, build the scenario's splits, preprocess every image (streaming the held-out sets
+    ``streaming`` says), score the original model (at ``precision``, :mod:`clipforget.precision`)."""
     start = time.perf_counter()
     parallel.start()
     scenario_cfg = load_scenario_config(scenario)
@@ -317,7 +336,8 @@ def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str
              len(splits.forget_train), len(splits.retain_train), len(splits.calibration), len(splits.target.records),
              len(splits.retain.records), ", ".join(f"{s.name} {len(s.records)}" for s in splits.heldout) or "none")
     log.info("reading and preprocessing the images")
-    images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size)
+    images = load_scenario_images(splits, open_sources(scenario_cfg), original.preprocess, batch_size=batch_size,
+                                  streaming=streaming)
     earlier = ledgers.EarlierRequests()
     if ledger.requests:
         log.info("%s carries a ledger of %d earlier request(s): %s", model_id, len(ledger.requests),
@@ -355,11 +375,13 @@ def run_forget(
     audit: AuditSetting = True,
     restart: bool = False,
     precision: str | None = "auto",
+    streaming: Streaming = Streaming(),
 ) -> ForgetResult:
     """Forget ``scenario``'s subgroup from ``model_id``; resumable; see the module doc for the outputs.
 
     ``restart``: discard what an earlier run wrote into ``out`` (else a run with another key is refused).
     ``precision``: fp32, bf16 or fp16 (autocast; weights stay fp32), "auto" for the device's default.
+    ``streaming``: which held-out sets are read from disk at every pass instead of kept in memory.
     """
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
     audit_cfg = resolve_audit_config(audit)
@@ -367,7 +389,8 @@ def run_forget(
     precision = resolve_precision(precision, device)
     if parallel.is_main():
         check_output_dir(out, [model_id])
-    prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model, precision=precision)
+    prepared = prepare(model_id, scenario, device=device, batch_size=batch_size, model=model, precision=precision,
+                       streaming=streaming)
     if parallel.is_main():
         result = run_method(prepared, out, method=method, config=method_cfg, seed=seed, device=device,
                             batch_size=batch_size, image_prefix=image_prefix, audit=audit_cfg, restart=restart)

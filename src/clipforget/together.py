@@ -37,7 +37,7 @@ from clipforget import parallel
 from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
-from clipforget.data import load_scenario_config, open_sources
+from clipforget.data import Streaming, load_scenario_config, open_sources
 from clipforget.evaluation import evaluate_scenario
 from clipforget.examples import write_sets
 from clipforget.io import atomic_write_json, atomic_write_text
@@ -79,6 +79,7 @@ def run_forget_together(
     audit: Any = True,
     restart: bool = False,
     precision: str | None = "auto",
+    streaming: Streaming = Streaming(),
 ) -> list[ForgetResult]:
     """Forget every scenario's subgroup from ``model_id`` in one edit; one :class:`ForgetResult` per scenario
     (all sharing the one unlearned model and run directory)."""
@@ -98,7 +99,8 @@ def run_forget_together(
             with parallel.alone():
                 results = run_forget_together(model_id, scenarios, out, method=method, config=method_cfg, seed=seed,
                                               device=device, batch_size=batch_size, image_prefix=image_prefix,
-                                              audit=audit_cfg, restart=restart, precision=precision)
+                                              audit=audit_cfg, restart=restart, precision=precision,
+                                              streaming=streaming)
         parallel.barrier()
         return results
     names = [load_scenario_config(s).name for s in scenarios]
@@ -109,7 +111,8 @@ def run_forget_together(
     timer, started = Timer(), time.time()
     model = load_model(model_id, device=device).eval()
     with timer("load"):
-        prepared = [prepare(model_id, s, device=device, batch_size=batch_size, model=model, precision=precision)
+        prepared = [prepare(model_id, s, device=device, batch_size=batch_size, model=model, precision=precision,
+                            streaming=streaming)
                     for s in scenarios]
     resolved = {**run_config(prepared[0], method=method, config=method_cfg, seed=seed, device=device,
                              image_prefix=image_prefix), "scenario": names}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from clipforget import parallel
+from clipforget.data.loading import StreamedImages
 from clipforget.io import atomic_save_safetensors
 from clipforget.models.base import DualEncoder, to_device
 from clipforget.progress import progress as progress_of
@@ -129,31 +131,57 @@ def classifier_cache_key(model: DualEncoder, classnames: Sequence[str], template
 
 
 # -- image embeddings ---------------------------------------------------------------------------
+Images = Tensor | StreamedImages | Iterable[Tensor]
+"""What :func:`compute_image_embeddings` takes: a tensor (N, C, H, W), a streamed set, or batches."""
+
+
 @torch.no_grad()
 def compute_image_embeddings(
     model: DualEncoder,
-    images: Tensor | Iterable[Tensor],
+    images: Images,
     *,
     device: torch.device | str | None = None,
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "image embeddings",
 ) -> Tensor:
-    """Normalised image embeddings (N, D) on the CPU, for a tensor (N, C, H, W) or an iterable of batches.
+    """Normalised image embeddings (N, D) on the CPU, for a tensor (N, C, H, W), a
+    :class:`~clipforget.data.StreamedImages` or an iterable of batches.
 
     An iterable yields image tensors only; from a loader of (image, label) pairs pass
-    ``(x for x, _ in loader)``.
+    ``(x for x, _ in loader)``. Sets of :data:`_EMB_MEMO_MIN_IMAGES` or more are remembered in memory,
+    keyed by the set and the content of every weight outside the text tower, so scoring a model whose
+    image side did not change (the original and a text-side edit, every α of a soup over text
+    layers) passes those images through the image tower once.
     """
     device = device or model.device
-    if isinstance(images, Tensor) and parallel.world_size() > 1:  # each process its share, gathered in order
-        part = images[parallel.share(len(images))]
+    memo_key = _embedding_memo_key(model, images)
+    if memo_key is not None and memo_key in _EMB_MEMO:
+        ref, emb = _EMB_MEMO[memo_key]
+        if ref is None or ref() is images:
+            _EMB_MEMO.move_to_end(memo_key)
+            return emb.clone()
+    if isinstance(images, (Tensor, StreamedImages)) and parallel.world_size() > 1:  # each its share, gathered in order
+        share = parallel.share(len(images))
+        part = images[share] if isinstance(images, Tensor) else images.subset(share)
         with parallel.alone():
-            mine = (compute_image_embeddings(model, part, device=device, batch_size=batch_size, progress=progress, desc=desc)
-                    if len(part) else torch.empty(0))
-        return parallel.gather_rows(mine)
+            mine = (_embed(model, part, device, batch_size, progress, desc) if len(part) else torch.empty(0))
+        emb = parallel.gather_rows(mine)
+    else:
+        emb = _embed(model, images, device, batch_size, progress, desc)
+    if memo_key is not None:
+        _EMB_MEMO[memo_key] = (weakref.ref(images) if isinstance(images, Tensor) else None, emb.clone())
+        while len(_EMB_MEMO) > _EMB_MEMO_SIZE:
+            _EMB_MEMO.popitem(last=False)
+    return emb
+
+
+def _embed(model: DualEncoder, images: Images, device, batch_size: int, progress: bool, desc: str) -> Tensor:
     if isinstance(images, Tensor):
         batches: Iterable[Tensor] = images.split(batch_size)
         total: int | None = -(-len(images) // batch_size)
+    elif isinstance(images, StreamedImages):
+        batches, total = images.batches(batch_size), images.num_batches(batch_size)
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
     out = []
@@ -164,6 +192,34 @@ def compute_image_embeddings(
     if not out:
         raise ValueError("no images given")
     return torch.cat(out)
+
+
+#: Embeddings of large sets (see :func:`compute_image_embeddings`): an in-memory tensor is known by
+#: its identity and version counter (checked against a weak reference, so a freed tensor's reused id
+#: never matches), a streamed set by its content identity.
+_EMB_MEMO: OrderedDict[str, tuple[weakref.ref | None, Tensor]] = OrderedDict()
+_EMB_MEMO_SIZE = 16
+_EMB_MEMO_MIN_IMAGES = 256
+
+
+def _embedding_memo_key(model: DualEncoder, images: Images) -> str | None:
+    if isinstance(images, Tensor):
+        if len(images) < _EMB_MEMO_MIN_IMAGES:
+            return None
+        which = f"tensor|{id(images)}|{images._version}|{images.data_ptr()}|{tuple(images.shape)}|{images.dtype}"
+    elif isinstance(images, StreamedImages):
+        if len(images) < _EMB_MEMO_MIN_IMAGES:
+            return None
+        which = f"streamed|{images.identity()}"
+    else:
+        return None
+    if any(m.training for m in model.model.modules()):  # dropout, batch statistics: not a function of the weights
+        return None
+    image_side = {k: v for k, v in model.state_dict_model().items() if model.tower_of(k) != "text"}
+    payload = json.dumps({"images": which, "model": type(model).__qualname__, "image_side": state_dict_digest(image_side),
+                          "autocast": _autocast_tag(model), "device": str(model.device),
+                          "world": parallel.world_size()})
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 # -- accuracy -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Typical use::
     images = load_images(splits.target.records, sources, model.preprocess)   # (N, 3, H, W)
 """
 
-from clipforget.data.loading import RecordDataset, load_images
+from clipforget.data.loading import RecordDataset, StreamedImages, Streaming, default_workers, load_images
 from clipforget.data.locations import DataNotFoundError, cache_dir
 from clipforget.data.scenario import (
     ScenarioConfig,
@@ -44,6 +44,9 @@ __all__ = [
     "bundled_scenarios",
     "cache_dir",
     "load_images",
+    "StreamedImages",
+    "Streaming",
+    "default_workers",
     "load_scenario_config",
     "open_source",
     "open_sources",

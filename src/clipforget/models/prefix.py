@@ -41,10 +41,12 @@ class FrozenImagePrefix(DualEncoder):
 
     @torch.no_grad()
     def prefix(self, images: Tensor, batch_size: int = 64) -> Tensor:
-        """Activations entering stage ``start`` (computed once, without gradient)."""
+        """Activations entering stage ``start`` (computed once, without gradient); a progress bar when
+        there is more than one batch."""
         head = self._stages()[: self.start]
         out = []
-        for i in progress(range(0, len(images), batch_size), desc="frozen image stages", unit="batches"):
+        starts = range(0, len(images), batch_size)
+        for i in progress(starts, desc="frozen image stages", unit="batches") if len(starts) > 1 else starts:
             x = images[i : i + batch_size].to(self.device)
             for stage in head:
                 x = stage.fn(x)

@@ -1,0 +1,171 @@
+"""Held-out sets streamed from disk, and image embeddings remembered while the image side is unchanged."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic import build_tiny_scenario
+
+from clipforget.cli import main
+from clipforget.config import ConfigError
+from clipforget.data import StreamedImages, Streaming, build_scenario, load_images, load_scenario_config, open_sources
+from clipforget.models import load_model
+from clipforget.pipeline import images_digest, load_scenario_images, run_forget
+from clipforget import zeroshot
+
+AUDIT = {"templates": ["a photo of a {}.", "itap of a {}."], "relearn_steps": [1, 2]}
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory) -> Path:
+    return build_tiny_scenario(tmp_path_factory.mktemp("scenario"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from tiny import register_tiny_openclip
+
+    register_tiny_openclip(tmp_path_factory.mktemp("cfg"))
+    torch.manual_seed(0)
+    return load_model("openclip:tiny-RN").eval()
+
+
+@pytest.fixture(scope="module")
+def fruit(tmp_path_factory, model):
+    """A streamed set of 12 synthetic images and its records' sources."""
+    config = load_scenario_config(build_tiny_scenario(tmp_path_factory.mktemp("fruit")))
+    splits = build_scenario(config)
+    records = splits.retain.records + splits.target.records
+    return records, open_sources(config)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_streamed_set_yields_the_tensor_load_images_stacks(fruit, model, workers):
+    records, sources = fruit
+    stacked = load_images(records, sources, model.preprocess)
+    streamed = StreamedImages(records, sources, model.preprocess, workers=workers)
+    assert len(streamed) == len(stacked) and streamed.num_batches(5) == 3
+    assert torch.equal(torch.cat(list(streamed.batches(5))), stacked)
+    assert torch.equal(streamed.subset(slice(3, 7)).load(batch_size=2), stacked[3:7])
+    assert torch.equal(streamed.then("twice", lambda x: 2 * x).load(), 2 * stacked)
+    assert streamed.decoded_bytes() == stacked.numel() * stacked.element_size()
+
+
+def test_identity_names_the_records_and_the_steps(fruit, model):
+    records, sources = fruit
+    a = StreamedImages(records, sources, model.preprocess)
+    assert a.identity() == StreamedImages(records, sources, model.preprocess).identity()
+    assert a.identity() != a.subset(slice(1, None)).identity()
+    assert a.identity() != a.then("prefix", lambda x: x).identity()
+
+
+def test_held_out_sets_stream_above_the_threshold_and_nothing_else_does(scenario, model):
+    config = load_scenario_config(scenario)
+    splits, sources = build_scenario(config), open_sources(config)
+    kept = load_scenario_images(splits, sources, model.preprocess)
+    streamed = load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(above_mib=0))
+    assert isinstance(streamed.heldout["fruit"].images, StreamedImages)
+    assert isinstance(kept.heldout["fruit"].images, torch.Tensor)
+    for name in ("retain_train", "calibration", "target", "retain"):  # the scenario's own classes stay in memory
+        assert isinstance(getattr(streamed, name).images, torch.Tensor), name
+    assert torch.equal(streamed.heldout["fruit"].images.load(), kept.heldout["fruit"].images)
+    assert images_digest(streamed) != images_digest(kept)  # a resume key says how the images were held
+
+
+def _saved_rn(tmp_path: Path):
+    from tiny import register_tiny_openclip
+
+    register_tiny_openclip(tmp_path / "cfg")
+    torch.manual_seed(0)
+    load_model("openclip:tiny-RN").save(tmp_path / "ckpt")
+    return f"openclip:local-dir:{tmp_path / 'ckpt'}", None
+
+
+def _saved_testbed(tmp_path: Path):  # a frozen image prefix: streamed batches pass it on the fly
+    from tiny import make_tiny_testbed
+
+    model_id = make_tiny_testbed(tmp_path / "ckpt")
+    model = load_model(model_id).eval()
+    model.default_image_prefix = "image_tower.blocks.3"  # the tiny network has fewer blocks than the testbed
+    return model_id, model
+
+
+@pytest.mark.parametrize("make_model", [_saved_rn, _saved_testbed], ids=["openclip-RN", "testbed-prefix"])
+def test_a_run_with_streamed_held_out_sets_scores_and_audits_as_one_in_memory(scenario, tmp_path, make_model):
+    model_id, model = make_model(tmp_path)
+    runs = {}
+    for name, streaming in (("memory", Streaming()), ("streamed", Streaming(above_mib=0, workers=1))):
+        run_forget(model_id, scenario, tmp_path / name, audit=AUDIT, streaming=streaming,
+                   model=None if model is None else copy.deepcopy(model))
+        runs[name] = (json.loads((tmp_path / name / "metrics.json").read_text()),
+                      json.loads((tmp_path / name / "audit.json").read_text()))
+    (m_mem, a_mem), (m_str, a_str) = runs["memory"], runs["streamed"]
+    for side in ("original", "unlearned"):
+        assert m_str[side]["heldout"] == pytest.approx(m_mem[side]["heldout"], abs=1e-9)
+        assert m_str[side]["target"] == pytest.approx(m_mem[side]["target"], abs=1e-9)
+    assert m_str["score"] == pytest.approx(m_mem["score"], abs=1e-9)
+    assert a_str["parts"]["search"] == a_mem["parts"]["search"] and "worst" in a_mem["parts"]["search"]
+
+
+class _Counting:
+    """Counts the images a model's image tower sees."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, 0
+        inner = model.encode_image
+
+        def encode_image(images):
+            self.seen += len(images)
+            return inner(images)
+
+        model.encode_image = encode_image
+
+
+def test_embeddings_of_a_large_set_are_remembered_until_the_image_side_changes(model):
+    counting = _Counting(model)
+    images = torch.randn(zeroshot._EMB_MEMO_MIN_IMAGES, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = zeroshot.compute_image_embeddings(model, images, progress=False)
+    assert counting.seen == len(images)
+    text_param = next(p for n, p in model.model.named_parameters() if model.tower_of(n) == "text")
+    with torch.no_grad():
+        text_param.add_(1.0)  # the text side does not change an image embedding
+    assert torch.equal(zeroshot.compute_image_embeddings(model, images, progress=False), first)
+    assert counting.seen == len(images)
+    image_param = next(p for n, p in model.model.named_parameters() if model.tower_of(n) == "image")
+    with torch.no_grad():
+        image_param.mul_(1.5)
+    changed = zeroshot.compute_image_embeddings(model, images, progress=False)
+    assert counting.seen == 2 * len(images) and not torch.equal(changed, first)
+    images.mul_(0.5)  # the same tensor, changed in place: not the same images any more
+    zeroshot.compute_image_embeddings(model, images, progress=False)
+    assert counting.seen == 3 * len(images)
+    small = images[: zeroshot._EMB_MEMO_MIN_IMAGES - 1].clone()
+    zeroshot.compute_image_embeddings(model, small, progress=False)
+    zeroshot.compute_image_embeddings(model, small, progress=False)
+    assert counting.seen == 3 * len(images) + 2 * len(small)  # small sets cost less than hashing the weights
+    model.train()  # dropout and batch statistics: embeddings are not a function of the weights
+    try:
+        before = counting.seen
+        zeroshot.compute_image_embeddings(model, images, progress=False)
+        zeroshot.compute_image_embeddings(model, images, progress=False)
+        assert counting.seen == before + 2 * len(images)
+    finally:
+        model.eval()
+        del model.encode_image
+
+
+@pytest.mark.parametrize("kwargs, message", [({"above_mib": -1}, "0 MiB or more"), ({"above_mib": float("nan")}, "0 MiB or more"),
+                                             ({"workers": -2}, "0 or more")])
+def test_bad_streaming_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Streaming(**kwargs)
+
+
+def test_the_cli_refuses_a_negative_threshold_in_one_line(scenario, tmp_path, capsys):
+    code = main(["eval", "--model", "testbed-tiny-does-not-matter", "--scenario", str(scenario), "--stream-above", "-1"])
+    err = capsys.readouterr().err
+    assert code != 0 and "streaming threshold" in err and "Traceback" not in err
