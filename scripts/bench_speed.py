@@ -1,6 +1,6 @@
 """How close clipforget's loops run to their floor: every figure a ratio measured in the same run.
 
-    python scripts/bench_speed.py [--steps 20] [--scenario cifar10-cat] [--skip-run] [--skip-growth]
+    python scripts/bench_speed.py [--steps 20] [--scenario cifar10-cat] [--skip-run] [--skip-growth] [--skip-memory]
 
 1. the shared training loop's step against a bare PyTorch loop doing the same forward, backward and
    AdamW step on the same batch (an open_clip ViT, 64 px, width 256; aim ≤ 1.10×);
@@ -11,7 +11,10 @@
    text classifiers, timed on their own (aim ≤ 1.5×), with the run's time per stage;
 4. how a run's time and peak memory grow with |D_f|, |D_r|, the held-out size and the model width
    (open_clip ViTs of a few widths, synthetic images, ``ours`` at its defaults), one process per row;
-   memory is the peak RSS above what the process held once the model was loaded (Linux ``VmHWM``).
+   memory is the peak RSS above what the process held once the model was loaded (Linux ``VmHWM``);
+5. the peak memory of a whole ``run_forget`` (``ours``, no audit) as its held-out set grows from 512 to
+   5120 image files (224 px, an open_clip ViT of width 64 at 224 px), the held-out set kept in memory
+   against streamed from disk (``Streaming(above_mib=0)``), one process per row, with each row's time.
 
 Run it alone: several processes on 2 cores thrash and the ratios of sections 1 and 2 interleave their
 two sides to share what noise remains.
@@ -39,9 +42,10 @@ def vit(width: int, tmp: Path, image_size: int = 64):
 
     from clipforget.models import load_model
 
-    name = f"speed-ViT-{width}"
+    name = f"speed-ViT-{width}" + (f"-{image_size}" if image_size != 64 else "")
     if name not in open_clip.list_models():
-        cfg = {"embed_dim": width, "vision_cfg": {"image_size": image_size, "layers": 4, "width": width, "patch_size": 8,
+        cfg = {"embed_dim": width, "vision_cfg": {"image_size": image_size, "layers": 4, "width": width,
+                                                  "patch_size": 8 if image_size == 64 else 32,
                                                   "head_width": width // WIDTHS[width]},
                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": width, "heads": WIDTHS[width], "layers": 2}}
         (tmp / f"{name}.json").write_text(json.dumps(cfg))
@@ -152,8 +156,9 @@ def full_run(scenario: str) -> list[str]:
 
 
 def growth_row(args: list[str]) -> dict:
-    """One growth configuration in a child process (its own peak RSS)."""
-    done = subprocess.run([sys.executable, __file__, "--growth-child", *args], capture_output=True, text=True, check=True)
+    """One configuration in a child process (its own peak RSS); ``args`` start with the child's flag."""
+    args = args if args[0].startswith("--") else ["--growth-child", *args]
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -208,16 +213,102 @@ def growth() -> list[str]:
     return lines
 
 
+HELD_CLASSES = 8
+
+
+def write_memory_scenario(root: Path, n_held: int) -> Path:
+    """A scenario on synthetic 224 px files: a small forget/retain pool and a held-out folder of ``n_held`` images."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def image(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path)
+
+    rows = []
+    for cls, sub in (("dog", "springer"), ("dog", "poodle"), ("cat", "cat")):
+        for split in ("train", "test"):
+            for i in range(16):
+                rel = f"{sub}/{split}_{i}.jpg"
+                image(root / "pool" / rel)
+                rows.append({"path": rel, "class": cls, "subgroup": sub, "split": split})
+    with open(root / "pool" / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "subgroup", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    held = root / f"held-{n_held}"
+    if not held.is_dir():
+        for i in range(n_held):
+            image(held / f"class{i % HELD_CLASSES}" / f"{i:05d}.jpg")
+    group = {"train": {"split": "train", "count": 12}, "test": {"split": "test", "count": 12}}
+    scenario = {
+        "name": f"memory-{n_held}", "seed": 0, "classnames": ["dog", "cat"], "templates": ["a photo of a {}."],
+        "hierarchy": {"animal": ["dog", "cat"]},
+        "sources": {"pool": {"kind": "manifest", "root": str(root / "pool" / "manifest.csv")},
+                    "held": {"kind": "imagefolder", "root": str(held)}},
+        "forget": {"name": "springer", "label": "dog", "text": "a photo of a dog.",
+                   "select": {"source": "pool", "classes": ["dog"], "subgroups": ["springer"]}, **group},
+        "retain": [{"name": "poodle", "label": "dog", "select": {"source": "pool", "classes": ["dog"], "subgroups": ["poodle"]}, **group},
+                   {"name": "cat", "label": "cat", "select": {"source": "pool", "classes": ["cat"]}, **group}],
+        "calibration": [{"source": "pool", "classes": ["cat"], "per_class": 4, "split": "train"}],
+        "heldout": [{"name": "held", "source": "held", "classes": [f"class{i}" for i in range(HELD_CLASSES)],
+                     "per_class": n_held // HELD_CLASSES, "split": "any"}],
+    }
+    path = root / f"memory-{n_held}.yaml"
+    path.write_text(json.dumps(scenario))  # JSON is YAML
+    return path
+
+
+def memory_child(scenario: str, above_mib: float) -> None:
+    from clipforget.data import Streaming
+    from clipforget.pipeline import run_forget
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = vit(64, Path(tmp), image_size=224)
+        _reset_peak_rss()
+        floor = _rss_mib("VmRSS")
+        start = time.perf_counter()
+        run_forget("openclip:speed-ViT-64-224", scenario, Path(tmp) / "run", model=model, audit=False,
+                   streaming=Streaming(above_mib=above_mib))
+        seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": _rss_mib("VmHWM") - floor}))
+
+
+def heldout_memory() -> list[str]:
+    lines = ["| held-out images | kept in memory: time (s) | peak RSS above the model (MiB) | streamed: time (s) | "
+             "peak RSS above the model (MiB) | streamed time / kept |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (512, 1024, 2560, 5120):
+            scenario = str(write_memory_scenario(Path(tmp), n))
+            kept, streamed = (growth_row(["--memory-child", scenario, str(above)]) for above in (1e9, 0))
+            lines.append(f"| {n} | {kept['seconds']:.1f} | {kept['peak_rss_mib']:.0f} | {streamed['seconds']:.1f} | "
+                         f"{streamed['peak_rss_mib']:.0f} | {streamed['seconds'] / kept['seconds']:.2f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--growth-child":
         growth_child(*(int(a) for a in sys.argv[2:6]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        memory_child(sys.argv[2], float(sys.argv[3]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--scenario", default="cifar10-cat")
     p.add_argument("--skip-run", action="store_true", help="leave out section 3 (the testbed run; needs ../shared data)")
     p.add_argument("--skip-growth", action="store_true")
+    p.add_argument("--skip-memory", action="store_true", help="leave out section 5 (held-out memory)")
+    p.add_argument("--only-memory", action="store_true", help="section 5 alone")
     args = p.parse_args()
+    if args.only_memory:
+        print("\n".join(heldout_memory()))
+        return
     torch.set_num_threads(torch.get_num_threads())
     lines = ["| what | clipforget | baseline in the same run | ratio | aim |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -231,6 +322,9 @@ def main() -> None:
     if not args.skip_growth:
         print()
         print("\n".join(growth()))
+    if not args.skip_memory:
+        print()
+        print("\n".join(heldout_memory()))
 
 
 if __name__ == "__main__":

@@ -223,3 +223,11 @@ def test_public_scenario_builds_on_the_real_data(name):
     few = [records[0] for records in all_sets(s).values()]
     images = load_images(few, sources, lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), np.float32)))
     assert images.shape == (len(few), 8, 8, 3)
+
+
+@pytest.mark.parametrize("field", ["hierarchy", "forget"])
+def test_a_scenario_without_a_required_field_names_it(tmp_path, field):
+    data = tiny_scenario_dict(tmp_path)
+    del data[field]
+    with pytest.raises(ConfigError, match=rf"required field\(s\) \['{field}'\] are missing; add them"):
+        ScenarioConfig.from_dict(data)

@@ -127,7 +127,7 @@ class _Counting:
 
 def test_embeddings_of_a_large_set_are_remembered_until_the_image_side_changes(model):
     counting = _Counting(model)
-    images = torch.randn(zeroshot._EMB_MEMO_MIN_IMAGES, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(zeroshot._EMB_MEMO_MIN_IMAGES["cpu"], 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = zeroshot.compute_image_embeddings(model, images, progress=False)
     assert counting.seen == len(images)
     text_param = next(p for n, p in model.model.named_parameters() if model.tower_of(n) == "text")
@@ -143,7 +143,7 @@ def test_embeddings_of_a_large_set_are_remembered_until_the_image_side_changes(m
     images.mul_(0.5)  # the same tensor, changed in place: not the same images any more
     zeroshot.compute_image_embeddings(model, images, progress=False)
     assert counting.seen == 3 * len(images)
-    small = images[: zeroshot._EMB_MEMO_MIN_IMAGES - 1].clone()
+    small = images[: zeroshot._EMB_MEMO_MIN_IMAGES["cpu"] - 1].clone()
     zeroshot.compute_image_embeddings(model, small, progress=False)
     zeroshot.compute_image_embeddings(model, small, progress=False)
     assert counting.seen == 3 * len(images) + 2 * len(small)  # small sets cost less than hashing the weights

@@ -181,9 +181,14 @@ class Config:
             )
         kwargs = {k: _convert(hints[k], _onto_default(fields[k], v), f"{where + '.' if where else ''}{k}")
                   for k, v in data.items()}
+        missing = sorted(name for name, f in fields.items() if name not in data
+                         and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise ConfigError(f"{where or cls.__name__}: required field(s) {missing} are missing; add them "
+                              f"(the fields are {sorted(fields)})")
         try:
             return cls(**kwargs)
-        except TypeError as e:  # a required field is missing
+        except TypeError as e:  # a wrong argument the checks above did not name
             raise ConfigError(f"{where or cls.__name__}: {e}") from e
         except ConfigError as e:  # a range check of __post_init__: name the field by its full path
             message = str(e)

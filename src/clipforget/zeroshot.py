@@ -110,7 +110,7 @@ def state_dict_digest(state: Mapping[str, Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place: no copy of a large tensor
     return h.hexdigest()
 
 
@@ -199,17 +199,23 @@ def _embed(model: DualEncoder, images: Images, device, batch_size: int, progress
 #: never matches), a streamed set by its content identity.
 _EMB_MEMO: OrderedDict[str, tuple[weakref.ref | None, Tensor]] = OrderedDict()
 _EMB_MEMO_SIZE = 16
-_EMB_MEMO_MIN_IMAGES = 256
+_EMB_MEMO_MIN_IMAGES = {"cpu": 32}
+"""Per device type, the smallest set worth a hash of the image-side weights (which costs about what a
+forward pass of a few images costs on a CPU, and of thousands on a GPU, where the weights are copied
+to the host to be hashed); other device types: :data:`_EMB_MEMO_MIN_IMAGES_ELSEWHERE`."""
+_EMB_MEMO_MIN_IMAGES_ELSEWHERE = 1024
+
+
+def _memo_min_images(model: DualEncoder) -> int:
+    return _EMB_MEMO_MIN_IMAGES.get(model.device.type, _EMB_MEMO_MIN_IMAGES_ELSEWHERE)
 
 
 def _embedding_memo_key(model: DualEncoder, images: Images) -> str | None:
+    if isinstance(images, (Tensor, StreamedImages)) and len(images) < _memo_min_images(model):
+        return None
     if isinstance(images, Tensor):
-        if len(images) < _EMB_MEMO_MIN_IMAGES:
-            return None
         which = f"tensor|{id(images)}|{images._version}|{images.data_ptr()}|{tuple(images.shape)}|{images.dtype}"
     elif isinstance(images, StreamedImages):
-        if len(images) < _EMB_MEMO_MIN_IMAGES:
-            return None
         which = f"streamed|{images.identity()}"
     else:
         return None

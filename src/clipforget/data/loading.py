@@ -59,8 +59,12 @@ def load_images(
     if len(dataset) == 0:
         raise ValueError(f"{desc}: no records to load")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    batches = [images for images, _ in progress(loader, desc=desc, unit="batches")]
-    return torch.cat(batches)
+    out = None  # filled in place: the set is held once, not once in batches and again stacked
+    for images, index in progress(loader, desc=desc, unit="batches"):
+        if out is None:
+            out = torch.empty((len(dataset), *images.shape[1:]), dtype=images.dtype)
+        out[index] = images
+    return out
 
 
 class StreamedImages:
@@ -121,7 +125,7 @@ class StreamedImages:
                 h.update(f"{r.source}|{r.key}|{r.label}\n".encode())
             first = self.dataset[0][0].contiguous()
             h.update(f"{first.dtype}|{tuple(first.shape)}\n".encode())
-            h.update(first.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(first.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
             h.update("|".join(tag for tag, _ in self.steps).encode())
             self._identity = h.hexdigest()
         return self._identity
