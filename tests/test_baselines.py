@@ -15,6 +15,7 @@ from clipforget.methods.forget import forget_progress
 from clipforget.methods.scoring import split_forget
 from clipforget.methods.training import TrainConfig
 from clipforget.models import DualEncoder
+from clipforget.zeroshot import build_zero_shot_classifier
 
 
 def weights(model: DualEncoder) -> dict[str, torch.Tensor]:
@@ -103,4 +104,10 @@ def test_forget_columns_are_the_forget_text_and_class(rn):
     data = make_data()
     with torch.no_grad():
         logits = clip_logits(rn, data.forget_images, text_heads(rn, data))
+        images = rn.encode_image(data.forget_images)
+        forget_text = rn.encode_text(rn.tokenize([data.forget_text]))
+    heads = build_zero_shot_classifier(rn, data.classnames, data.templates)
+    scale = float(rn.logit_scale)
     assert logits.shape == (len(data.forget_images), 1 + len(data.classnames))
+    torch.testing.assert_close(logits[:, 0], scale * (images @ forget_text.T)[:, 0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[:, 1:], scale * images @ heads, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@ from synthetic import build_tiny_scenario
 
 from clipforget.audit import AuditConfig
 from clipforget.cli import main
+from clipforget.data import build_scenario, load_scenario_config
 from clipforget.data.locations import DataNotFoundError
 from clipforget.models import load_model
 
@@ -42,14 +43,20 @@ def test_eval_writes_every_column(tiny_model_id, tiny_scenario, tmp_path, capsys
 
 def test_eval_on_the_cifar10_tree(tiny_model_id, tmp_path):
     """The foundation's done-criterion: a tiny model evaluated on a scenario over the CIFAR-10 JPEG tree."""
+    config = load_scenario_config("cifar10-cat")
     try:
-        code = main(["eval", "--model", _saved_copy(tiny_model_id, tmp_path / "m"), "--scenario", "cifar10-cat",
-                     "--out", str(tmp_path / "m.json")])
+        splits = build_scenario(config)
     except DataNotFoundError as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"real data unavailable: {e}")
-    if code != 0 and not (tmp_path / "m.json").exists():
-        pytest.skip("cifar10-cat needs ../shared/data and Debian's dataset-fashion-mnist")
-    assert json.loads((tmp_path / "m.json").read_text())["target"] >= 0
+        pytest.skip(f"cifar10-cat needs ../shared/data and Debian's dataset-fashion-mnist: {e}")
+    code = main(["eval", "--model", _saved_copy(tiny_model_id, tmp_path / "m"), "--scenario", "cifar10-cat",
+                 "--out", str(tmp_path / "m.json")])
+    assert code == 0, "the data is here, so the command must succeed"
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics["heldout"]) == {s.name for s in splits.heldout}
+    for name, eval_set in (("target", splits.target), ("retain", splits.retain)):
+        assert metrics["details"][name]["count"] == len(eval_set.records)
+        assert len(metrics["details"][name]["predicted"]) == len(eval_set.records)
+        assert 0.0 <= metrics[name] <= 100.0
 
 
 @pytest.mark.parametrize(

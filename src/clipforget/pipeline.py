@@ -479,6 +479,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         result.model = result.model.unwrap()
     score = paper_score(unlearned_metrics, original_metrics)
     warnings = result_warnings(prepared.model, result.model, result.diagnostics)
+    warnings += target_warnings(original_metrics, unlearned_metrics)
     with precise():
         rechecked = recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
     warnings += ledgers.recheck_warnings(rechecked)
@@ -569,6 +570,14 @@ def result_warnings(original: DualEncoder, unlearned: DualEncoder, diagnostics: 
                " (a training budget of zero, a souping grid offering only the original, or no feasible candidate)")
         out.append(f"the result is the original model: no weight changed{why}; nothing was forgotten")
     return out
+
+
+def target_warnings(original: ScenarioMetrics, unlearned: ScenarioMetrics) -> list[str]:
+    """A warning when the Target test images are recognised under their label as often as before."""
+    if original.target > 0 and unlearned.target >= original.target:
+        return [f"Target did not fall ({original.target:.1f} -> {unlearned.target:.1f}): the subgroup's test images are "
+                "still classified under their label; try another method (e.g. ours-paper) or a stronger forget config"]
+    return []
 
 
 def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
