@@ -108,9 +108,10 @@ def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], pre
 
     def eval_set(s, may_stream: bool = False) -> LabelledImages:
         images: Any = StreamedImages(s.records, sources, preprocess, workers=streaming.worker_count()) if may_stream else None
-        if images is not None and images.decoded_bytes() > streaming.above_mib * 2**20:
+        size = images.decoded_bytes() if images is not None else 0
+        if size > streaming.above_mib * 2**20:
             log.info("held-out set %s (%d images, %.0f MiB preprocessed) is streamed at every pass", s.name,
-                     len(images), images.decoded_bytes() / 2**20)
+                     len(images), size / 2**20)
         else:
             images = load_images(s.records, sources, preprocess, batch_size=batch_size, desc=s.name)
         return LabelledImages(images, label_indices(s), s.classnames, s.templates)

@@ -163,9 +163,9 @@ def compute_image_embeddings(
             return emb.clone()
     if isinstance(images, (Tensor, StreamedImages)) and parallel.world_size() > 1:  # each its share, gathered in order
         share = parallel.share(len(images))
-        part = images[share] if isinstance(images, Tensor) else images.subset(share)
-        with parallel.alone():
-            mine = (_embed(model, part, device, batch_size, progress, desc) if len(part) else torch.empty(0))
+        with parallel.alone():  # a share is empty when there are fewer images than processes
+            mine = (_embed(model, images[share] if isinstance(images, Tensor) else images.subset(share), device,
+                           batch_size, progress, desc) if share.stop > share.start else torch.empty(0))
         emb = parallel.gather_rows(mine)
     else:
         emb = _embed(model, images, device, batch_size, progress, desc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -118,12 +119,17 @@ class StreamedImages:
         """The whole set as one tensor (what streaming avoids; for small subsets)."""
         return torch.cat(list(self.batches(batch_size)))
 
+    @functools.cached_property
+    def _first(self) -> Tensor:
+        """The first image, preprocessed (what the identity and the size are read from)."""
+        return self.dataset[0][0].contiguous()
+
     def identity(self) -> str:
         if self._identity is None:
             h = hashlib.sha256()
             for r in self.records:
                 h.update(f"{r.source}|{r.key}|{r.label}\n".encode())
-            first = self.dataset[0][0].contiguous()
+            first = self._first
             h.update(f"{first.dtype}|{tuple(first.shape)}\n".encode())
             h.update(first.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
             h.update("|".join(tag for tag, _ in self.steps).encode())
@@ -132,8 +138,7 @@ class StreamedImages:
 
     def decoded_bytes(self) -> int:
         """What the set would take in memory as one preprocessed tensor."""
-        first = self.dataset[0][0]
-        return len(self) * first.numel() * first.element_size()
+        return len(self) * self._first.numel() * self._first.element_size()
 
 
 @dataclass(frozen=True)
