@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-torch.txt | sha1sum | cut -c1-12)
 FMNIST := /usr/share/datasets/fashion-mnist
+CLIPART := /usr/share/openclipart/png
 
 .PHONY: demo test test-slow setup data clean
 
@@ -17,12 +18,15 @@ $(STAMP): pyproject.toml requirements-torch.txt
 
 setup: $(STAMP)
 
-# Fashion-MNIST comes from Debian's package; other real data from ../shared/data when present.
+# Fashion-MNIST and the clip art come from Debian's packages; other real data from ../shared/data when present.
 data:
-	@if [ ! -f $(FMNIST)/t10k-images-idx3-ubyte.gz ]; then \
+	@need=""; \
+	[ -f $(FMNIST)/t10k-images-idx3-ubyte.gz ] || need="$$need dataset-fashion-mnist"; \
+	[ -d $(CLIPART) ] || need="$$need openclipart-png"; \
+	if [ -n "$$need" ]; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null || echo "warning: could not install dataset-fashion-mnist"; \
-	  else echo "note: Fashion-MNIST missing; install it with: sudo apt-get install -y dataset-fashion-mnist"; fi; \
+	    (apt-get update -qq && apt-get install -y -qq $$need) >/dev/null || echo "warning: could not install$$need"; \
+	  else echo "note: missing data; install it with: sudo apt-get install -y$$need"; fi; \
 	fi
 
 demo: setup data

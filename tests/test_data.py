@@ -25,9 +25,12 @@ from clipforget.data.loading import RecordDataset, load_images
 from clipforget.data.locations import DataNotFoundError, extract_archive, find_archive
 from clipforget.data.sources import (
     FASHION_MNIST_CLASSES,
+    OPENCLIPART_DIR,
     ImageLoadError,
     SourceConfig,
     cifar10_jpeg_source,
+    clipart_source,
+    mapping_rows,
     imagenette_source,
     open_source,
     read_idx,
@@ -35,6 +38,8 @@ from clipforget.data.sources import (
     source_kinds,
 )
 from clipforget.data.types import Record
+
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -225,3 +230,51 @@ def test_record_dataset_and_load_images_keep_record_order(tmp_path):
     assert torch.equal(batch[0], to_tensor(src.load(records[0].key)))
     with pytest.raises(KeyError, match="'other'"):
         RecordDataset([Record("other", "x", "c", "c")], {"t": src}, to_tensor)
+
+
+def _clipart_tree(root: Path) -> list[dict[str, str]]:
+    """Two drawings in a category tree: a red square on a transparent ground, and a palette image."""
+    (root / "animals" / "birds").mkdir(parents=True)
+    drawing = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent black, as many clip-art PNGs store it
+    drawing.paste((255, 0, 0, 255), (2, 2, 6, 6))
+    drawing.save(root / "animals" / "birds" / "red.png")
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.save(root / "animals" / "crow.png", transparency=0)
+    rows = [{"path": p, "class": c} for p, c in (("animals/birds/red.png", "bird"), ("animals/crow.png", "bird"))]
+    return [r | {"sha256": hashlib.sha256((root / r["path"]).read_bytes()).hexdigest()} for r in rows]
+
+
+def test_clipart_lists_mapped_drawings_with_their_folder_and_composites_onto_white(tmp_path):
+    rows = _clipart_tree(tmp_path)
+    src = clipart_source(tmp_path, rows, "clipart:test")
+    assert [(e.key, e.classname, e.subgroup, e.split) for e in src.entries()] == [
+        ("animals/birds/red.png", "bird", "animals/birds", None), ("animals/crow.png", "bird", "animals", None)]
+    red = np.asarray(src.load("animals/birds/red.png"))
+    assert red.shape == (8, 8, 3)
+    assert (red[0, 0] == 255).all() and tuple(red[3, 3]) == (255, 0, 0)  # ground white, drawing kept
+    assert tuple(np.asarray(src.load("animals/crow.png"))[0, 0]) == (0, 0, 255)
+
+
+def test_clipart_refuses_a_missing_folder_file_or_changed_drawing_by_name(tmp_path):
+    rows = _clipart_tree(tmp_path)
+    with pytest.raises(DataNotFoundError, match="no/such does not exist; install Debian's 'openclipart-png'"):
+        clipart_source(tmp_path / "no" / "such", rows, "x")
+    with pytest.raises(DataNotFoundError, match=r"lacks 1 of the 3 mapped drawings \(first: animals/gone.png\)"):
+        clipart_source(tmp_path, rows + [{"path": "animals/gone.png", "class": "bird", "sha256": "0"}], "x")
+    (tmp_path / "animals" / "crow.png").write_bytes(b"\x89PNG another drawing")
+    with pytest.raises(DataNotFoundError, match=r"1 drawings differ .*first: animals/crow.png.*openclipart-png \(Debian"):
+        clipart_source(tmp_path, rows, "x")
+
+
+def test_shipped_clipart_mapping_names_each_drawing_once_by_cifar10_class():
+    rows = mapping_rows()
+    assert len({r["path"] for r in rows}) == len(rows)
+    assert len({r["sha256"] for r in rows}) == len(rows)  # the package repeats drawings in several folders
+    assert {r["class"] for r in rows} <= set(CIFAR10_NAMES)
+    assert sum(r["class"] == "bird" for r in rows) == 44
+    if not OPENCLIPART_DIR.is_dir():
+        pytest.skip(f"clip art not installed at {OPENCLIPART_DIR} (apt-get install openclipart-png, or make data)")
+    src = open_source(SourceConfig(kind="openclipart"))
+    assert len(src.entries()) == len(rows) and all(e.subgroup.split("/")[0] for e in src.entries())
+    assert src.load(src.entries()[0].key).mode == "RGB"

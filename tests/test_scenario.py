@@ -24,11 +24,11 @@ from clipforget.data.scenario import (
     open_sources,
     scenario_fingerprint,
 )
-from clipforget.data.sources import FASHION_MNIST_DIR
+from clipforget.data.sources import FASHION_MNIST_DIR, OPENCLIPART_DIR
 from clipforget.data.types import ScenarioSplits
 from clipforget.testbed.names import PHOTO_TEMPLATES
 
-PUBLIC = ["cifar10-cat", "fmnist-sneaker", "springer-in-dog"]
+PUBLIC = ["cifar10-cat", "clipart-bird", "fmnist-sneaker", "springer-in-dog"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
@@ -188,7 +188,9 @@ def test_shipped_scenario_validates_without_data_and_round_trips(spec):
         assert ("English springer" in inet.classes) == (spec != "springer-in-dog")  # its springers are Target
 
 
-def _real_data_available() -> str | None:
+def _real_data_available(name: str = "") -> str | None:
+    if name.startswith("clipart") and not OPENCLIPART_DIR.is_dir():
+        return f"clip art not installed at {OPENCLIPART_DIR} (apt-get install openclipart-png, or make data)"
     if not FASHION_MNIST_DIR.is_dir():
         return f"Fashion-MNIST not installed at {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)"
     for name in ("cifar10-jpg.tar.gz", "imagenette-224.tar.gz"):
@@ -200,7 +202,7 @@ def _real_data_available() -> str | None:
 @pytest.mark.parametrize("name", PUBLIC)
 def test_public_scenario_builds_on_the_real_data(name):
     # First run extracts the shared archives into the cache (~10 s); later runs only list them.
-    reason = _real_data_available()
+    reason = _real_data_available(name)
     if reason:
         pytest.skip(reason)
     s = build_scenario(name)
@@ -211,7 +213,8 @@ def test_public_scenario_builds_on_the_real_data(name):
     assert all(r.label in s.classnames for r in s.target.records + s.retain.records)
     for h in s.heldout:
         labels = {r.label for r in h.records}
-        assert labels == set(h.classnames) if h.name != "imagenette-1000way" else labels < set(h.classnames)
+        wider = h.name in ("imagenette-1000way", "clipart-other")  # scored over more names than they hold
+        assert labels < set(h.classnames) if wider else labels == set(h.classnames)
     (inet,) = [h for h in s.heldout if h.name == "imagenette-1000way"]
     assert len(inet.classnames) == 1000 and len(inet.records) == 20 * (9 if name == "springer-in-dog" else 10)
     assert all("ILSVRC2012_val_" in r.key for r in inet.records)
@@ -219,6 +222,12 @@ def test_public_scenario_builds_on_the_real_data(name):
         assert {(r.label, r.subgroup) for r in s.target.records} == {("dog", "English springer")}
         assert all("ILSVRC2012_val_" in r.key for r in s.target.records)
         assert ("dog", "cifar10 dog") in {(r.label, r.subgroup) for r in s.retain.records}
+    if name == "clipart-bird":  # a style inside a class: drawings forgotten, photos of the same class kept
+        assert {(r.source, r.label) for r in s.target.records + s.forget_train} == {("clipart", "bird")}
+        assert (len(s.forget_train), len(s.target.records)) == (20, 24)  # all 44 mapped bird drawings
+        assert {r.source for r in s.retain.records if r.label == "bird"} == {"cifar10"}
+        (drawn,) = [h for h in s.heldout if h.name == "clipart-other"]
+        assert {r.source for r in drawn.records} == {"clipart"} and "bird" not in {r.label for r in drawn.records}
     sources = open_sources(name)
     few = [records[0] for records in all_sets(s).values()]
     images = load_images(few, sources, lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), np.float32)))

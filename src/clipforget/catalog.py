@@ -32,7 +32,7 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 
 SOURCE_NEEDS = {"fashion_mnist": "Fashion-MNIST (Debian dataset-fashion-mnist)", "cifar10_jpeg": "CIFAR-10 JPEG archive",
-                "imagenette": "Imagenette archive", "imagefolder": "an image folder", "manifest": "a manifest file",
+                "imagenette": "Imagenette archive", "openclipart": "clip art (Debian openclipart-png)", "imagefolder": "an image folder", "manifest": "a manifest file",
                 "torchvision": "a torchvision dataset", "imagenet": "ImageNet-1K folder ($CLIPFORGET_IMAGENET)",
                 "clip_benchmark": "CLIP_benchmark {dataset}{download}"}
 
