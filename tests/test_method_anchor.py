@@ -11,7 +11,7 @@ from test_method_stages import make_data
 
 from clipforget.config import ConfigError
 from clipforget.methods import get_method
-from clipforget.methods.adapters import AdapterConfig
+from clipforget.methods.adapters import AdapterConfig, Tuning
 from clipforget.methods.anchor import (
     AnchorConfig,
     TextAnchor,
@@ -84,7 +84,7 @@ def test_the_anchor_holds_text_embeddings_while_forgetting(model):
         student = clone_model(model)
         anchor = TextAnchor(model, data, anchor_config, torch.Generator().manual_seed(0))
         used = anchor if weight else None
-        forget_stage(student, data, params, config, AdapterConfig(), torch.Generator().manual_seed(0), use_lora=False, anchor=used)
+        forget_stage(student, data, Tuning(tuple(params), AdapterConfig(), torch.Generator().manual_seed(0), use_lora=False), config, anchor=used)
         drift[weight] = anchor.drift(student)
     assert drift[0.0] > 0
     assert drift[10.0] < drift[0.0]

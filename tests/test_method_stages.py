@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clipforget.methods import NonFiniteLossError, TrainConfig, UnlearnData, get_method, train_loop
-from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.adapters import AdapterConfig, Tuning, tuning
 from clipforget.methods.align import (
     AlignConfig,
     align_images,
@@ -34,7 +34,7 @@ from clipforget.methods.forget import (
     projected_targets,
 )
 from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
-from clipforget.methods.remind import DistillConfig, distillation_gap, remind_stage
+from clipforget.methods.remind import RemindConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model, projection_inputs
 from clipforget.models.prefix import FrozenImagePrefix
 
@@ -90,7 +90,7 @@ def test_forget_changes_only_the_selected_layers_and_lowers_similarity(model, us
     before = {k: v.clone() for k, v in model.model.state_dict().items()}
     start = forget_progress(model, data)["forget_similarity"]
     config = ForgetConfig(train=TrainConfig(steps=8, lr=1e-2, batch_size=4, check_every=4), delta=-1.0)
-    info = forget_stage(model, data, params, config, AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=use_lora)
+    info = forget_stage(model, data, Tuning(tuple(params), AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora), config)
     changed = changed_keys(before, model.model.state_dict())
     assert changed and changed <= set(params)
     assert info["final"]["forget_similarity"] < start
@@ -262,7 +262,7 @@ def test_forget_stops_once_below_delta(model):
     data = make_data()
     params = model.layers()[next(iter(model.layers()))]
     config = ForgetConfig(train=TrainConfig(steps=50, check_every=1), delta=1.0)  # already below
-    info = forget_stage(model, data, params, config, AdapterConfig(), torch.Generator().manual_seed(0))
+    info = forget_stage(model, data, Tuning(tuple(params), AdapterConfig(), torch.Generator().manual_seed(0)), config)
     assert info["stopped_early"] and info["steps_run"] == 0
 
 
@@ -290,12 +290,12 @@ def test_remind_moves_retain_logits_toward_the_teacher(model):
     student = clone_model(model)
     params = [p for n, ps in model.layers(("image",)).items() for p in ps][-6:]
     forget = ForgetConfig(train=TrainConfig(steps=6, lr=5e-2, batch_size=4), delta=-1.0)
-    forget_stage(student, data, params, forget, AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=False)
+    forget_stage(student, data, Tuning(tuple(params), AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora=False), forget)
     gap_before = distillation_gap(student, teacher, data.retain_images, data)
     assert gap_before > 0
-    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), forget_weight=0.0, use_calibration=False, ce_weight=0.0)
-    info = remind_stage(student, teacher, data, data.retain_images, params, distill, forget, AdapterConfig(rank=2),
-                        torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
+    distill = RemindConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), forget_weight=0.0, use_calibration=False, ce_weight=0.0)
+    info = remind_stage(student, teacher, data, data.retain_images, Tuning(tuple(params), AdapterConfig(rank=2),
+                        torch.Generator().manual_seed(0), use_lora=False), distill, forget)  # fmt: skip
     assert distillation_gap(student, teacher, data.retain_images, data) < gap_before
     assert set(info["curves"]) == {"loss", "kd", "embed"}
 
@@ -312,10 +312,10 @@ def test_remind_label_term_lowers_the_retain_cross_entropy(model):
     params = [p for n, ps in model.layers(("image",)).items() for p in ps][-6:]
     start = retain_cross_entropy(student, data)
     # only the label term: no KD, no embedding term, no forget term, retain images only
-    distill = DistillConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), kd_weight=0.0, embed_weight=0.0,
+    distill = RemindConfig(train=TrainConfig(steps=15, lr=1e-2, batch_size=8), kd_weight=0.0, embed_weight=0.0,
                             forget_weight=0.0, use_calibration=False, ce_weight=1.0)  # fmt: skip
-    info = remind_stage(student, model, data, data.retain_images, params, distill, ForgetConfig(), AdapterConfig(rank=2),
-                        torch.Generator().manual_seed(0), use_lora=False)  # fmt: skip
+    info = remind_stage(student, model, data, data.retain_images, Tuning(tuple(params), AdapterConfig(rank=2),
+                        torch.Generator().manual_seed(0), use_lora=False), distill, ForgetConfig())  # fmt: skip
     assert retain_cross_entropy(student, data) < start
     assert "ce" in info["curves"]
 

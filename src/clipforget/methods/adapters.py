@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +96,21 @@ def merge(model: nn.Module) -> None:
         if parametrize.is_parametrized(module):
             for attr in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+
+
+@dataclass(frozen=True, eq=False)
+class Tuning:
+    """What a training stage tunes and how: the parameter ``names``, the LoRA ``adapter``, whether LoRA
+    is used at all (``use_lora``; else the parameters train in full) and the stage's ``generator``."""
+
+    names: tuple[str, ...]
+    adapter: AdapterConfig
+    generator: torch.Generator
+    use_lora: bool = True
+
+    def __call__(self, model: nn.Module) -> AbstractContextManager[list[nn.Parameter]]:
+        """:func:`tuning` of ``model`` under these settings."""
+        return tuning(model, self.names, self.adapter, self.generator, use_lora=self.use_lora)
 
 
 @contextmanager

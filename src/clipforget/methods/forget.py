@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipforget.config import Config, require
-from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.adapters import Tuning
 from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.scoring import forget_progress  # noqa: F401  (re-exported)
@@ -346,17 +346,14 @@ def projected_targets(embeddings: Tensor, directions: Tensor, overshoot: float =
 def forget_stage(
     model: DualEncoder,
     data: UnlearnData,
-    param_names: Sequence[str],
+    tune: Tuning,
     config: ForgetConfig,
-    adapter: AdapterConfig,
-    generator: torch.Generator,
     *,
-    use_lora: bool = True,
     anchor: TextAnchor | None = None,
     original_embeddings: Tensor | None = None,
     forget_names: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Tune ``param_names`` of ``model`` (in place) to forget; return the curves and checks.
+    """Tune ``tune.names`` of ``model`` (in place) to forget; return the curves and checks.
 
     ``original_embeddings``: the original model's embeddings of ``data.forget_images`` (for the image
     term; computed from ``model`` when absent, which is right while ``model`` is still the original).
@@ -365,10 +362,10 @@ def forget_stage(
     ``anchor``: a text-anchor term added to the loss (see :mod:`clipforget.methods.anchor`).
     """
     model.eval()
-    batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
+    batches = BatchStream(len(data.forget_images), config.train.batch_size, tune.generator)
     checks: dict[str, list[float]] = {"step": [], "forget_similarity": [], "forget_acc": []}
 
-    objective = ForgetObjective(model, data, config, param_names, original_embeddings, forget_names)
+    objective = ForgetObjective(model, data, config, tune.names, original_embeddings, forget_names)
 
     def loss_fn(step: int) -> dict[str, torch.Tensor]:
         terms = objective(batches.next())
@@ -386,7 +383,7 @@ def forget_stage(
             config.target_acc is not None and progress["forget_acc"] <= config.target_acc
         )
 
-    with tuning(model.model, param_names, adapter, generator, use_lora=use_lora) as params:
+    with tune(model.model) as params:
         train_log = train_loop(params, loss_fn, config.train, should_stop=should_stop, desc="forget")
     final = forget_progress(model, data)
     if anchor is not None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from clipforget.config import Config, ConfigError, require
-from clipforget.methods.adapters import AdapterConfig
+from clipforget.methods.adapters import AdapterConfig, Tuning
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
 from clipforget.methods.anchor import AnchorConfig, TextAnchor
 from clipforget.methods.base import (
@@ -50,7 +50,7 @@ from clipforget.methods.forget import (
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.scoring import split_forget
-from clipforget.methods.remind import DistillConfig, remind_stage
+from clipforget.methods.remind import RemindConfig, remind_stage
 from clipforget.methods.souping import (
     SoupChoice,
     greedy_soup,
@@ -139,7 +139,7 @@ class OursConfig(Config):
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     forget: ForgetConfig = field(default_factory=image_side_forget)
     align: AlignConfig = field(default_factory=AlignConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: RemindConfig = field(default_factory=RemindConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     restore: RestoreConfig = field(default_factory=RestoreConfig)
 
@@ -181,7 +181,7 @@ class Ours(Method):
             adapter=AdapterConfig(rank=2),
             forget=dataclasses.replace(cls.config_class().forget, train=tiny, delta=-1.0),
             align=AlignConfig(train=TrainConfig(steps=4, lr=0.05, batch_size=8, grad_clip=None)),
-            distill=DistillConfig(train=TrainConfig(steps=4, lr=1e-2, batch_size=8, ema_decay=0.5)),
+            distill=RemindConfig(train=TrainConfig(steps=4, lr=1e-2, batch_size=8, ema_decay=0.5)),
             restore=RestoreConfig(grid=(0.0, 0.5, 1.0)),
         )
 
@@ -227,8 +227,8 @@ class Ours(Method):
                 log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
                 return info, _state_of(student, params, original)
             g = stage_generator(seed, "forget")
-            info = forget_stage(student, data, params, config.forget, config.adapter, g, use_lora=config.use_lora,
-                                anchor=anchor("forget"), forget_names=forget_names)
+            tune = Tuning(tuple(params), config.adapter, g, config.use_lora)
+            info = forget_stage(student, data, tune, config.forget, anchor=anchor("forget"), forget_names=forget_names)
             return info, _state_of(student, params, original)
 
         diagnostics["forget"] = run_stage(store, "forget", student, forget)
@@ -243,9 +243,8 @@ class Ours(Method):
             elif config.use_alignment:
                 log.warning("alignment skipped: a LayerNorm image tower needs calibration images")
             info["distill"] = remind_stage(
-                student, teacher, data, retain, params, config.distill, config.forget, config.adapter, g,
-                use_lora=config.use_lora, use_distillation=config.use_distillation, anchor=anchor("remind"),
-                forget_names=forget_names,
+                student, teacher, data, retain, Tuning(tuple(params), config.adapter, g, config.use_lora), config.distill,
+                config.forget, use_distillation=config.use_distillation, anchor=anchor("remind"), forget_names=forget_names,
             )  # fmt: skip
             return info, _state_of(student, params, original)
 

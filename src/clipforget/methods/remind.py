@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipforget.config import Config, require
-from clipforget.methods.adapters import AdapterConfig, tuning
+from clipforget.methods.adapters import Tuning
 from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress
@@ -34,8 +34,8 @@ from clipforget.zeroshot import build_zero_shot_classifier
 
 
 @dataclass(frozen=True)
-class DistillConfig(Config):
-    """The remind fine-tuning.
+class RemindConfig(Config):
+    """The remind stage: fine-tuning the selected layers on retain (and calibration) images.
 
     train: optimisation (EMA of the tuned weights via ``train.ema_decay``).
     kd_weight: weight of KL(teacher || student) over the class prompts.
@@ -74,18 +74,15 @@ def remind_stage(
     teacher: DualEncoder,
     data: UnlearnData,
     retain_images: Tensor,
-    param_names: Sequence[str],
-    config: DistillConfig,
+    tune: Tuning,
+    config: RemindConfig,
     forget: ForgetConfig,
-    adapter: AdapterConfig,
-    generator: torch.Generator,
     *,
-    use_lora: bool = True,
     use_distillation: bool = True,
     anchor: TextAnchor | None = None,
     forget_names: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Fine-tune ``param_names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r.
+    """Fine-tune ``tune.names`` of ``student`` in place; ``retain_images`` are the (aligned) D_r.
 
     ``anchor``: a text-anchor term added to the loss (see :mod:`clipforget.methods.anchor`).
     """
@@ -99,11 +96,11 @@ def remind_stage(
     t_emb = embed_images(teacher, pool)
     t_logits = teacher_logits(teacher, pool, data)
     scale = teacher.logit_scale.detach()
-    fixed_classifier = None if tunes_text(student, param_names) else build_zero_shot_classifier(student, data.classnames, data.templates)
-    batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, generator)
-    forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
+    fixed_classifier = None if tunes_text(student, tune.names) else build_zero_shot_classifier(student, data.classnames, data.templates)
+    batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, tune.generator)
+    forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, tune.generator)
     original = embed_images(teacher, data.forget_images) if forget.needs_original_embeddings else None
-    forget_objective = ForgetObjective(student, data, forget, param_names, original, forget_names)
+    forget_objective = ForgetObjective(student, data, forget, tune.names, original, forget_names)
 
     def loss_fn(step: int) -> dict[str, Tensor]:
         idx = batches.next().to(pool.device)
@@ -126,7 +123,7 @@ def remind_stage(
             terms["anchor"] = anchor.loss(student)
         return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
 
-    with tuning(student.model, param_names, adapter, generator, use_lora=use_lora) as params:
+    with tune(student.model) as params:
         train_log = train_loop(params, loss_fn, config.train, desc="remind")
     final = forget_progress(student, data)
     if anchor is not None:
