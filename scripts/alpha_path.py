@@ -14,7 +14,7 @@ import argparse
 from safetensors.torch import load_file
 
 from clipforget.evaluation import evaluate_scenario
-from clipforget.methods.core import clone_model, load_partial_state
+from clipforget.methods.core import clone_model
 from clipforget.methods.souping import interpolate
 from clipforget.pipeline import prepare
 
@@ -29,14 +29,14 @@ def main() -> None:
     args = parser.parse_args()
     prepared = prepare(args.model, args.scenario)
     view = prepared.training_view(prepared.model.default_image_prefix)
-    original = {k: v.clone() for k, v in view.model.model.state_dict().items()}
+    original = {k: v.clone() for k, v in view.model.weights().items()}
     model = clone_model(view.model)
     o = prepared.original_metrics
     print(f"original: Target {o.target:.1f} Retain {o.retain:.1f}", {k: round(v, 1) for k, v in o.heldout.items()})
     for stage in args.stages.split(","):
         unlearned = {**original, **load_file(f"{args.run}/stages/{stage}.safetensors")}
         for alpha in (float(a) for a in args.alphas.split(",")):
-            load_partial_state(model, interpolate(original, unlearned, alpha))
+            model.load_weights(interpolate(original, unlearned, alpha))
             m = evaluate_scenario(model, prepared.splits, view.images)
             print(f"{stage} alpha {alpha:.2f}: Target {m.target:.1f} Retain {m.retain:.1f}", {k: round(v, 1) for k, v in m.heldout.items()})
 

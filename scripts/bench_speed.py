@@ -71,7 +71,7 @@ def training_step(tmp: Path, steps: int) -> str:
     from clipforget.methods.training import TrainConfig, train_loop
 
     model = vit(256, tmp)
-    params = [p for n, p in model.model.named_parameters() if n.startswith("visual.")]
+    params = [p for n, p in model.named_weights() if n.startswith("visual.")]
     batch = torch.randn(32, 3, 64, 64)
     text = torch.nn.functional.normalize(torch.randn(256), dim=0)
     config = TrainConfig(steps=steps, lr=1e-5, batch_size=32)

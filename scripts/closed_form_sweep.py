@@ -59,7 +59,7 @@ def main() -> None:
 
     def score(model) -> dict:
         proj = model.image_projection()
-        params = dict(model.model.named_parameters())
+        params = dict(model.named_weights())
         w, b = params[proj.weight], params[proj.bias] if proj.bias else 0.0
         emb = {k: F.normalize(x @ w.T + b, dim=-1) for k, x in inputs.items()}
         acc = {k: 100.0 * float(((e @ classifiers[k]).argmax(-1) == feats[k].labels).float().mean()) for k, e in emb.items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from clipforget.methods.base import clone_model, load_partial_state
+from clipforget.methods.base import clone_model
 from clipforget.methods.souping import interpolate, pick_alpha
 from clipforget.metrics import paper_score
 from clipforget.evaluation import evaluate_scenario
@@ -40,7 +40,7 @@ RULES = {  # name -> (rule, tolerance, margin)
 def scores_per_alpha(bench: Path, scenario: str, model_id: str) -> dict[str, list[dict]]:
     prepared = prepare(model_id, scenario)
     view = prepared.training_view(prepared.model.default_image_prefix)
-    original = {k: v.clone() for k, v in view.model.model.state_dict().items()}
+    original = {k: v.clone() for k, v in view.model.weights().items()}
     cells = {}
     for cell in sorted((bench / "runs" / scenario / "ours").glob("seed*")):
         unlearned = {**original, **load_file(cell / "stages" / "remind.safetensors")}
@@ -48,7 +48,7 @@ def scores_per_alpha(bench: Path, scenario: str, model_id: str) -> dict[str, lis
         student = clone_model(view.model)
         rows = []
         for point in curve:
-            load_partial_state(student, interpolate(original, unlearned, point["alpha"]))
+            student.load_weights(interpolate(original, unlearned, point["alpha"]))
             metrics = evaluate_scenario(student, prepared.splits, view.images)
             rows.append({**point, "target": metrics.target, "score": paper_score(metrics, prepared.original_metrics)})
         cells[cell.name] = rows

@@ -54,14 +54,14 @@ def throughput(arch: str, device: torch.device, batch: int, size: int, repeats: 
     model = load_model(f"openclip:{arch}", device=str(device))
     images = torch.randn(batch, 3, size, size, device=device)
     row: dict = {"arch": arch, "batch": batch, "image_size": size,
-                 "parameters_m": sum(p.numel() for p in model.model.parameters()) / 1e6}
+                 "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
     for precision in ("fp32", "bf16"):
         def forward() -> None:
             with torch.no_grad(), autocast(precision, device):
                 model.encode_image(images)
 
         def backward() -> None:
-            model.model.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             with autocast(precision, device):
                 loss = model.encode_image(images).float().pow(2).sum()
             loss.backward()

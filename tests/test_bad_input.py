@@ -470,7 +470,7 @@ def test_a_choice_that_met_no_forget_target_is_flagged(tiny_models):
 
     changed = clone_model(tiny_models)
     with torch.no_grad():
-        next(changed.model.parameters()).add_(1.0)
+        next(changed.parameters()).add_(1.0)
     infeasible = {"restore": {"choice": {"alpha": 1.0, "utility": 0.9, "forget_acc": 0.5}}}
     (warning,) = result_warnings(tiny_models, changed, infeasible)
     assert "stage restore: no candidate reached the forget target" in warning

@@ -19,7 +19,7 @@ from clipforget.zeroshot import build_zero_shot_classifier
 
 
 def weights(model: DualEncoder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.model.state_dict().items()}
+    return {k: v.detach().clone() for k, v in model.weights().items()}
 
 
 def chose_original(diagnostics: dict) -> bool:
@@ -40,8 +40,8 @@ def test_method_runs_deterministically_into_the_same_architecture(name, tiny_mod
     first, second = run(name, tiny_models, seed=1), run(name, tiny_models, seed=1)
     after = weights(first.model)
     assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
-    assert all(torch.equal(v, tiny_models.model.state_dict()[k]) for k, v in before.items()), "the input model changed"
-    assert all(torch.equal(v, second.model.model.state_dict()[k]) for k, v in after.items()), "same seed, different weights"
+    assert all(torch.equal(v, tiny_models.weights()[k]) for k, v in before.items()), "the input model changed"
+    assert all(torch.equal(v, second.model.weights()[k]) for k, v in after.items()), "same seed, different weights"
     changed = any(not torch.equal(after[k], v) for k, v in before.items())
     assert changed or chose_original(first.diagnostics), "nothing changed and no choice of the original was recorded"
     if "unlearn" in first.diagnostics:  # a baseline: the record is exact and candidates were scored
@@ -72,8 +72,8 @@ def test_salun_changes_only_salient_weights(rn):
     config = SalUnConfig(train=TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=100), saliency_fraction=0.05)
     fit, _ = split_forget(data, WeightChoice().holdout, seed=0)  # the method sees D_f without the held-out part
     masks = saliency_masks(rn, fit, tower_params(rn), config.saliency_fraction, config.saliency_samples)
-    after = get_method("salun").run(rn, data, config).model.model.state_dict()
-    moved = {k: after[k] != v for k, v in rn.model.state_dict().items()}
+    after = get_method("salun").run(rn, data, config).model.weights()
+    moved = {k: after[k] != v for k, v in rn.weights().items()}
     assert any(m.any() for m in moved.values())
     assert all(not (moved[k] & ~masks[k]).any() if k in masks else not moved[k].any() for k in moved)
 
@@ -81,7 +81,7 @@ def test_salun_changes_only_salient_weights(rn):
 def test_ssd_dampens_only_weights_more_important_to_forget_than_to_retain(rn):
     data, config = make_data(), SSD.smoke_config()
     forget, retain = SSD.importances(rn, data, config)
-    state = rn.model.state_dict()
+    state = rn.weights()
     out, selected = dampen(state, forget, retain, alpha=1.0, lam=0.5)
     assert selected > 0
     for k, v in state.items():
@@ -96,7 +96,7 @@ def test_ssd_dampens_only_weights_more_important_to_forget_than_to_retain(rn):
 def test_task_vector_with_lambda_zero_returns_the_original(rn):
     config = TaskVectorConfig(train=TrainConfig(steps=2, lr=1e-3, batch_size=4), lambda_grid=(0.0,))
     result = get_method("task-vector").run(rn, make_data(), config)
-    assert all(torch.equal(v, rn.model.state_dict()[k]) for k, v in result.model.model.state_dict().items())
+    assert all(torch.equal(v, rn.weights()[k]) for k, v in result.model.weights().items())
     assert result.diagnostics["unlearn"]["chose_original"]
 
 

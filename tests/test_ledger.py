@@ -169,7 +169,7 @@ def test_the_weight_choice_keeps_earlier_subgroups_where_the_received_model_had_
     for scale in (0.5, 1.0, 2.0, 4.0, 8.0):  # perturb the weights until the candidate predicts differently
         candidate = copy.deepcopy(received)
         with torch.no_grad():
-            for p in candidate.model.parameters():
+            for p in candidate.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * p.std(correction=0).clamp(min=0.01) * scale)
         after = predict(candidate, images, classes, templates)
         if not torch.equal(before, after):
@@ -181,9 +181,9 @@ def test_the_weight_choice_keeps_earlier_subgroups_where_the_received_model_had_
     assert rise > 0
     data = UnlearnData(images, "a photo of a dog.", images, torch.zeros(12, dtype=torch.long), classes, templates, 0)
     plain, constrained = make_score_fn(received, data), make_score_fn(received, data, [earlier])
-    state = candidate.model.state_dict()
+    state = candidate.weights()
     assert constrained(state) == (plain(state)[0], pytest.approx(max(plain(state)[1], rise)))
-    own = received.model.state_dict()
+    own = received.weights()
     assert constrained(own) == plain(own)  # the received model itself: no rise, the plain figure
 
 
@@ -223,7 +223,7 @@ def test_one_run_forgets_two_scenarios_at_once_and_ledgers_both(base, scenarios,
     model_id = f"openclip:local-dir:{out / 'model'}"
     unlearned, original = load_model(model_id), load_model(base)
     proj = unlearned.image_projection()
-    changed = {k for k, v in original.model.state_dict().items() if not torch.equal(v, unlearned.model.state_dict()[k])}
+    changed = {k for k, v in original.weights().items() if not torch.equal(v, unlearned.weights()[k])}
     assert changed == {p for p in (proj.weight, proj.bias) if p}
     ledger = read_ledger(model_id, unlearned)
     assert [r["scenario"] for r in ledger.requests] == ["tiny-springer", "tiny-tabby"]

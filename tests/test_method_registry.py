@@ -59,11 +59,11 @@ def run(name, model, seed=0, store=None):
 
 @pytest.mark.parametrize("name", list_methods())
 def test_method_unlearns_into_the_same_architecture_and_leaves_the_input_alone(name, model):
-    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.weights().items()}
     result = run(name, model)
-    after = result.model.model.state_dict()
+    after = result.model.weights()
     assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
-    assert all(torch.equal(v, model.model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, model.weights()[k]) for k, v in before.items())
     assert result.model is not model and result.diagnostics
 
 
@@ -74,7 +74,7 @@ def test_same_seed_gives_bit_identical_runs(name, tiny_model_id):
         return load_model(tiny_model_id)
 
     a, b = run(name, fresh(), seed=3), run(name, fresh(), seed=3)
-    sa, sb = a.model.model.state_dict(), b.model.model.state_dict()
+    sa, sb = a.model.weights(), b.model.weights()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert _without_times(a.diagnostics) == _without_times(b.diagnostics)
 
@@ -100,7 +100,7 @@ def test_resume_from_the_store_skips_finished_stages(name, model, monkeypatch):
                 if hasattr(module, fn):
                     monkeypatch.setattr(module, fn, no_work)
     second = run(name, model, store=store)
-    s1, s2 = first.model.model.state_dict(), second.model.model.state_dict()
+    s1, s2 = first.model.weights(), second.model.weights()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert list(store.payloads) == saved
 
@@ -112,7 +112,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
     for stage in ("remind", "restore"):  # as if killed after the forget stage
         store.payloads.pop(stage)
     resumed = run("ours-paper", model, store=store)
-    sf, sr = full.model.model.state_dict(), resumed.model.model.state_dict()
+    sf, sr = full.model.weights(), resumed.model.weights()
     assert all(torch.equal(sf[k], sr[k]) for k in sf)
 
 

@@ -87,11 +87,11 @@ def test_forget_changes_only_the_selected_layers_and_lowers_similarity(model, us
     # one image-tower and one text-tower matrix layer, whatever the backend calls them
     picks = [next(n for n, ps in layers.items() if model.tower_of(ps[0]) == t and any(p.endswith("weight") for p in ps)) for t in ("image", "text")]
     params = [p for n in picks for p in layers[n]]
-    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.weights().items()}
     start = forget_progress(model, data)["forget_similarity"]
     config = ForgetConfig(train=TrainConfig(steps=8, lr=1e-2, batch_size=4, check_every=4), delta=-1.0)
     info = forget_stage(model, data, Tuning(tuple(params), AdapterConfig(rank=2), torch.Generator().manual_seed(0), use_lora), config)
-    changed = changed_keys(before, model.model.state_dict())
+    changed = changed_keys(before, model.weights())
     assert changed and changed <= set(params)
     assert info["final"]["forget_similarity"] < start
     assert info["steps_run"] == 8 and not info["stopped_early"]
@@ -191,16 +191,16 @@ def test_projection_inputs_reproduce_the_image_outputs_through_the_named_project
     proj = model.image_projection()
     assert proj is not None, f"{model.backend} exposes no image projection"
     images = make_data().forget_images
-    params = dict(model.model.named_parameters())
+    params = dict(model.named_weights())
     w = params[proj.weight].detach()
     w = w.T if proj.transposed else w
     b = params[proj.bias].detach() if proj.bias else 0.0
-    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.weights().items()}
     features = projection_inputs(model, images, batch_size=4)
     assert features.shape == (len(images), w.shape[1])
     with torch.no_grad():
         assert torch.allclose(features @ w.T + b, model.image_outputs(images), atol=1e-5)
-    assert not changed_keys(before, model.model.state_dict())  # the identity swap is undone
+    assert not changed_keys(before, model.weights())  # the identity swap is undone
     stages = model.image_stages()
     if stages:  # a frozen-prefix view reads the same inputs from its activations
         view = FrozenImagePrefix(model, stages[-1].name)
@@ -211,7 +211,7 @@ def test_the_closed_form_edit_changes_only_the_projection_and_takes_the_forget_d
     data = make_data(n=8)
     config = ForgetConfig(target="project", solver="closed_form", overshoot=0.0, ridge=1e-6, retain_weight=0.0)
     q = torch.linalg.svd(forget_directions(model, data).T.double(), full_matrices=False)[0]
-    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.weights().items()}
 
     def along(images) -> float:  # share of the output norm inside the forget directions
         with torch.no_grad():
@@ -221,7 +221,7 @@ def test_the_closed_form_edit_changes_only_the_projection_and_takes_the_forget_d
     start = along(data.forget_images)
     info = closed_form_edit(model, data, config)
     proj = model.image_projection()
-    assert changed_keys(before, model.model.state_dict()) == {p for p in (proj.weight, proj.bias) if p}
+    assert changed_keys(before, model.weights()) == {p for p in (proj.weight, proj.bias) if p}
     assert start > 0.05 and along(data.forget_images) < 0.05 * start  # with no ridge the targets are met
     assert info["edit_norm"] > 0
     assert abs(info["final"]["forget_similarity"]) < 0.05 * abs(info["before"]["forget_similarity"])  # orthogonal
@@ -268,20 +268,20 @@ def test_forget_stops_once_below_delta(model):
 
 def test_adapters_merge_back_to_the_original_names_and_shapes(model):
     """LoRA on every kind of layer (conv, linear, attention, embedding, bare matrices) merges cleanly."""
-    before = {k: v.clone() for k, v in model.model.state_dict().items()}
-    flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
+    before = {k: v.clone() for k, v in model.weights().items()}
+    flags = {n: p.requires_grad for n, p in model.named_weights()}
     cls = type(model.model)
     names = sorted(p for ps in model.layers().values() for p in ps)
-    with tuning(model.model, names, AdapterConfig(rank=2), torch.Generator().manual_seed(0)) as params:
+    with tuning(model.network, names, AdapterConfig(rank=2), torch.Generator().manual_seed(0)) as params:
         assert any(p.ndim == 2 for p in params)
         model.encode_image(torch.randn(2, 3, 32, 32)).sum().backward()
         with torch.no_grad():
             for p in params:
                 p.add_(0.01)
-    after = model.model.state_dict()
+    after = model.weights()
     assert list(after) == list(before) and all(after[k].shape == before[k].shape for k in before)
-    assert changed_keys(before, after) and {n: p.requires_grad for n, p in model.model.named_parameters()} == flags
-    assert type(model.model) is cls and not any(type(m).__name__.startswith("Parametrized") for m in model.model.modules())
+    assert changed_keys(before, after) and {n: p.requires_grad for n, p in model.named_weights()} == flags
+    assert type(model.network) is cls and not any(type(m).__name__.startswith("Parametrized") for m in model.network.modules())
 
 
 def test_remind_moves_retain_logits_toward_the_teacher(model):
@@ -377,7 +377,7 @@ def test_subgroup_names_are_the_vocabulary_entries_the_model_gives_forget_images
 def test_forget_names_join_the_forget_label_in_the_class_term(model):
     data = make_data()
     config = ForgetConfig(delta=1.0, hinge=True, class_weight=1.0)
-    params = [n for n, _ in model.model.named_parameters()][:1]
+    params = [n for n, _ in model.named_weights()][:1]
     everything = torch.arange(len(data.forget_images))
     alone = float(ForgetObjective(model, data, config, params)(everything)["class"])
     named = float(ForgetObjective(model, data, config, params, forget_names=["red", "blue"])(everything)["class"])
@@ -391,7 +391,7 @@ def test_the_paper_method_on_image_candidates_changes_the_image_tower_only(model
     # the souped choice may be the original, so no souping here
     config = method.smoke_config().with_overrides(["select.towers=[image]", "forget.self_names=2", "use_souping=false"])
     result = method.run(model, make_data(), config, seed=0)
-    before, after = model.model.state_dict(), result.model.model.state_dict()
+    before, after = model.weights(), result.model.weights()
     changed = changed_keys(before, after)
     assert changed, "the forget run changed nothing"
     assert all(model.tower_of(k) == "image" for k in changed), sorted(k for k in changed if model.tower_of(k) != "image")
@@ -406,7 +406,7 @@ def test_ours_with_the_closed_form_edit_changes_only_the_image_projection(model)
         ["select.towers=[image]", "forget.target=project", "forget.solver=closed_form", "forget.overshoot=1.0",
          "use_remind=false", "use_souping=false"])
     result = method.run(model, make_data(), config, seed=0)
-    changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
+    changed = changed_keys(model.weights(), result.model.weights())
     assert changed == {p for p in (proj.weight, proj.bias) if p}
     assert result.diagnostics["forget"]["solver"] == "closed_form"
 
@@ -417,13 +417,13 @@ def test_ours_by_default_edits_only_the_image_projection_and_ours_paper_tunes_th
     proj = model.image_projection()
     ours = get_method("ours")
     result = ours.run(model, make_data(), ours.smoke_config(), seed=0)
-    assert changed_keys(model.model.state_dict(), result.model.model.state_dict()) == {p for p in (proj.weight, proj.bias) if p}
+    assert changed_keys(model.weights(), result.model.weights()) == {p for p in (proj.weight, proj.bias) if p}
     assert set(result.diagnostics) == {"select", "forget"}  # no remind, no restore
     paper = get_method("ours-paper")
     config = paper.smoke_config()
     assert (config.forget.solver, config.select.towers, config.use_remind, config.use_souping) == ("gradient", ("text",), True, True)
     result = paper.run(model, make_data(), config.with_overrides(["use_souping=false"]), seed=0)
-    changed = changed_keys(model.model.state_dict(), result.model.model.state_dict())
+    changed = changed_keys(model.weights(), result.model.weights())
     assert changed and all(model.tower_of(k) == "text" for k in changed)
 
 
@@ -462,7 +462,7 @@ def test_one_joint_edit_of_one_request_is_the_single_runs_edit(model):
     config = ours.smoke_config().with_overrides(["forget.self_names=0"])
     single = ours.run(model, make_data(n=8), config, seed=3).model
     joint, info = forget_together([(model, make_data(n=8))], config, seed=3)
-    for (k, a), b in zip(single.model.state_dict().items(), joint.model.state_dict().values()):
+    for (k, a), b in zip(single.weights().items(), joint.weights().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert len(info["requests"]) == 1 and info["edit_norm"] > 0
 

@@ -32,7 +32,7 @@ def _perturb(model: DualEncoder) -> None:
     """Change every weight and BatchNorm statistic, so a round trip cannot pass on init values."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for t in model.model.state_dict().values():
+        for t in model.weights().values():
             if t.is_floating_point():  # weights, biases, BatchNorm running statistics
                 t.add_(0.01 * torch.randn(t.shape, generator=g))
 
@@ -118,7 +118,7 @@ def test_tokenize_pads_every_text_to_one_length(tiny_models):
 
 
 def test_layers_cover_every_parameter_but_the_logit_scale_exactly_once(tiny_models):
-    names = {n for n, _ in tiny_models.model.named_parameters()}
+    names = {n for n, _ in tiny_models.named_weights()}
     logit = {n for n in names if tiny_models.tower_of(n) is None}
     assert logit == {"logit_scale"}
     per_tower = {tower: tiny_models.layers([tower]) for tower in TOWERS}

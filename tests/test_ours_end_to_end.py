@@ -30,7 +30,7 @@ def taught_tiny_model(scenario: Path, tmp_path: Path):
     images = load_images(records, open_sources(config), model.preprocess)
     labels = torch.tensor([splits.classnames.index(r.label) for r in records])
     heads = build_zero_shot_classifier(model, splits.classnames, splits.templates)
-    params = [p for n, p in model.model.named_parameters() if model.tower_of(n) == "image"]
+    params = [p for n, p in model.named_weights() if model.tower_of(n) == "image"]
     optimizer = torch.optim.Adam(params, lr=3e-3)
     model.train()
     for _ in range(60):
@@ -63,7 +63,7 @@ def test_a_run_whose_target_did_not_fall_says_so(taught, tmp_path):
     scenario, model = taught
     result = run_forget("openclip:tiny-RN", scenario, tmp_path / "run", model=model, audit=False)
     assert result.original.target == 100.0, "the taught model knows the springers"
-    changed = [k for k, v in result.model.model.state_dict().items() if not torch.equal(v, model.model.state_dict()[k])]
+    changed = [k for k, v in result.model.weights().items() if not torch.equal(v, model.weights()[k])]
     assert changed and all(result.model.tower_of(k) == "image" for k in changed)  # the edit ran, on the image side
     if result.unlearned.target >= result.original.target:
         assert any("Target did not fall (100.0 -> 100.0)" in w for w in result.warnings), result.warnings

@@ -63,8 +63,8 @@ def test_run_directory_is_self_describing_and_input_untouched(saved_rn, scenario
     assert yaml.safe_load((run / "config.yaml").read_text())["method_config"] == SMOKE.to_dict()
     # The saved unlearned model loads back and equals the returned one.
     reloaded = load_model(f"openclip:local-dir:{run / 'model'}")
-    for k, v in result.model.model.state_dict().items():
-        assert torch.equal(v, reloaded.model.state_dict()[k]), k
+    for k, v in result.model.weights().items():
+        assert torch.equal(v, reloaded.weights()[k]), k
 
 
 def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, tmp_path, caplog):
@@ -81,8 +81,8 @@ def test_a_killed_run_resumes_from_its_last_finished_stage(saved_rn, scenario, t
     assert info["resumed_stages"] == ["select", "forget", "remind"]
     stored = sum(json.loads((tmp_path / "run" / "stages" / f"{s}.json").read_text())["seconds"] for s in info["resumed_stages"])
     assert info["compute_seconds"] == pytest.approx(info["wall_seconds"] + stored)
-    for k, v in first.model.model.state_dict().items():
-        assert torch.equal(v, second.model.model.state_dict()[k]), k
+    for k, v in first.model.weights().items():
+        assert torch.equal(v, second.model.weights()[k]), k
 
 
 def test_a_directory_holding_another_run_is_refused(saved_rn, scenario, tmp_path):
@@ -181,7 +181,7 @@ def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_mo
     config = SMOKE.with_overrides(["use_souping=false"])  # souping may rightly pick the original here
     result = run_method(prepared, tmp_path / "run", method="ours", config=config, image_prefix="visual.layer4", audit=False)
     assert type(result.model).__name__ == "OpenClipModel", "the result is the ordinary model again"
-    before, after = prepared.model.model.state_dict(), result.model.model.state_dict()
+    before, after = prepared.model.weights(), result.model.weights()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(("visual.layer4", "visual.attnpool")) or not k.startswith("visual.")
                            for k in changed), sorted(changed)

@@ -44,14 +44,14 @@ def test_mixed_precision_forgets_as_fp32_does_and_keeps_fp32_weights(model, prec
     assert ref["forget_similarity"] < before["forget_similarity"] - 0.1, "the fp32 reference did not forget"
     assert abs(got["forget_similarity"] - ref["forget_similarity"]) <= TOLERANCE
     assert got["forget_acc"] == ref["forget_acc"]
-    assert all(v.dtype == torch.float32 for v in mixed.model.state_dict().values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in mixed.weights().values() if v.is_floating_point())
 
 
 def test_autocast_runs_the_forward_passes_in_the_lower_precision(model):
     seen: dict[str, set] = {"fp32": set(), "bf16": set()}
     phase = ["fp32"]
     hooks = [m.register_forward_hook(lambda module, args, output: seen[phase[0]].add(output.dtype))
-             for m in model.model.modules() if isinstance(m, torch.nn.Linear)]
+             for m in model.network.modules() if isinstance(m, torch.nn.Linear)]
     images, texts = make_data().forget_images, model.tokenize(["a photo of a cat."])
     with torch.no_grad():
         model.encode_image(images), model.encode_text(texts)

@@ -22,7 +22,7 @@ def rn(tmp_path):
 
 def test_stages_cover_every_image_parameter_once(rn):
     stages = rn.image_stages()
-    for name, _ in rn.model.named_parameters():
+    for name, _ in rn.named_weights():
         owners = [s.name for s in stages if s.owns(name)]
         assert len(owners) == (1 if rn.tower_of(name) == "image" else 0), (name, owners)
 
@@ -42,10 +42,10 @@ def test_a_method_on_the_view_changes_only_the_tail(rn):
     data = type(data)(**{**data.__dict__, **{k: view.prefix(getattr(data, k)) for k in
                                             ("forget_images", "retain_images", "calibration_images")}})
     config = get_method("ours").smoke_config().with_overrides(["use_souping=false", "select.towers=[image]"])
-    before = {k: v.clone() for k, v in rn.model.state_dict().items()}
+    before = {k: v.clone() for k, v in rn.weights().items()}
     result = get_method("ours").run(view, data, config, seed=0)
     unlearned = result.model.unwrap()
-    after = unlearned.model.state_dict()
+    after = unlearned.weights()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed, "the forget stage must change something"
     frozen = view.frozen

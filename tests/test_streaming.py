@@ -130,12 +130,12 @@ def test_embeddings_of_a_large_set_are_remembered_until_the_image_side_changes(m
     images = torch.randn(zeroshot._EMB_MEMO_MIN_IMAGES["cpu"], 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = zeroshot.compute_image_embeddings(model, images, progress=False)
     assert counting.seen == len(images)
-    text_param = next(p for n, p in model.model.named_parameters() if model.tower_of(n) == "text")
+    text_param = next(p for n, p in model.named_weights() if model.tower_of(n) == "text")
     with torch.no_grad():
         text_param.add_(1.0)  # the text side does not change an image embedding
     assert torch.equal(zeroshot.compute_image_embeddings(model, images, progress=False), first)
     assert counting.seen == len(images)
-    image_param = next(p for n, p in model.model.named_parameters() if model.tower_of(n) == "image")
+    image_param = next(p for n, p in model.named_weights() if model.tower_of(n) == "image")
     with torch.no_grad():
         image_param.mul_(1.5)
     changed = zeroshot.compute_image_embeddings(model, images, progress=False)

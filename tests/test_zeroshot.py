@@ -140,7 +140,7 @@ def test_cache_round_trip_and_invalidation_on_real_backends(tiny_models, tmp_pat
     first = build_zero_shot_classifier(tiny_models, classes, templates, cache_dir=tmp_path)
     assert torch.equal(build_zero_shot_classifier(tiny_models, classes, templates, cache_dir=tmp_path), first)
     torch.testing.assert_close(first.norm(dim=0), torch.ones(len(classes)))
-    _, param = next(tiny_models.tower_parameters("text"))
+    _, param = next(tiny_models.named_weights("text"))
     with torch.no_grad():
         param.add_(torch.randn_like(param))
     changed = build_zero_shot_classifier(tiny_models, classes, templates, cache_dir=tmp_path)
@@ -243,11 +243,11 @@ def test_a_large_label_space_is_encoded_once_while_the_text_side_is_unchanged(ti
     try:
         first = build_zero_shot_classifier(tiny_models, classes, templates)
         encoded = len(calls)
-        image_param = next(n for n, _ in tiny_models.tower_parameters("image"))
+        image_param = next(n for n, _ in tiny_models.named_weights("image"))
         with torch.no_grad():  # an image-side edit: the classifier is the same, not recomputed
-            dict(tiny_models.model.named_parameters())[image_param].add_(1.0)
+            dict(tiny_models.named_weights())[image_param].add_(1.0)
         assert torch.equal(build_zero_shot_classifier(tiny_models, classes, templates), first) and len(calls) == encoded
-        _, text_param = next(tiny_models.tower_parameters("text"))
+        _, text_param = next(tiny_models.named_weights("text"))
         with torch.no_grad():
             text_param.add_(torch.randn_like(text_param))
         changed = build_zero_shot_classifier(tiny_models, classes, templates)

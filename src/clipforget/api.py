@@ -172,7 +172,7 @@ def _prefix_agrees(a: DualEncoder, b: DualEncoder, image_prefix: str) -> bool:
     if image_prefix not in names:
         return False
     frozen = stages[: names.index(image_prefix)]
-    sa, sb = a.state_dict_model(), b.state_dict_model()
+    sa, sb = a.weights(), b.weights()
     keys = [k for k in sa if any(s.owns(k) for s in frozen)]
     differ = [k for k in keys if k not in sb or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k])]
     if differ:

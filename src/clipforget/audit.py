@@ -299,9 +299,9 @@ def audit(original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
 
 def changed_parameters(original: DualEncoder, unlearned: DualEncoder) -> tuple[str, ...]:
     """Names of the unlearned model's parameters that differ from the original's (or that it lacks)."""
-    before = dict(original.model.named_parameters())
+    before = dict(original.named_weights())
     out = []
-    for name, p in unlearned.model.named_parameters():
+    for name, p in unlearned.named_weights():
         q = before.get(name)
         if q is None or q.shape != p.shape or not torch.equal(q.detach().cpu(), p.detach().cpu()):
             out.append(name)
@@ -495,7 +495,7 @@ def relearn_curve(model: DualEncoder, shots: Tensor, target_images: Tensor, spli
         return False
 
     train = TrainConfig(steps=max(steps), lr=lr, batch_size=len(shots), weight_decay=0.0, grad_clip=None, check_every=1)
-    with tuning(tuned.model, param_names, AdapterConfig(), torch.Generator(), use_lora=False) as params:
+    with tuning(tuned.network, param_names, AdapterConfig(), torch.Generator(), use_lora=False) as params:
         train_loop(params, loss_fn, train, should_stop=read, desc=desc)
         curve[str(max(steps))] = _label_target(tuned, target_images, splits, batch_size)
     return curve
@@ -506,7 +506,7 @@ def _relearn(ctx: _Context) -> dict[str, Any]:
     trainable = [n for n in ctx.tuned if u.model.tower_of(n) is not None]
     towers = sorted({u.model.tower_of(n) for n in trainable})
     param_sets = {"changed": trainable,
-                  "towers": [n for n, _ in u.model.model.named_parameters() if u.model.tower_of(n) in towers]}
+                  "towers": [n for n, _ in u.model.named_weights() if u.model.tower_of(n) in towers]}
     k = min(config.relearn_k, len(u.images.forget_train))
     if k < config.relearn_k:
         log.warning("audit: relearning on %d images, all of D_f (relearn_k is %d)", k, config.relearn_k)
@@ -520,7 +520,7 @@ def _relearn(ctx: _Context) -> dict[str, Any]:
     for setting in config.relearn_settings:
         names = param_sets[setting]
         entry: dict[str, Any] = {"parameters": len(names),
-                                 "numel": sum(p.numel() for n, p in u.model.model.named_parameters() if n in set(names))}
+                                 "numel": sum(p.numel() for n, p in u.model.named_weights() if n in set(names))}
         if not names:
             entry["skipped"] = "the run changed no parameter of either tower"
         for s in runs if names else ():

@@ -72,7 +72,7 @@ def checksum(requests: Sequence[Mapping[str, Any]], weights_sha256: str) -> str:
 
 
 def weights_digest(model: DualEncoder) -> str:
-    return state_dict_digest(model.state_dict_model())
+    return state_dict_digest(model.weights())
 
 
 def ledger_path(model_id: str) -> Path | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import json
 import logging
 import os
 import re

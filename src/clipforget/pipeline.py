@@ -259,7 +259,7 @@ class Prepared:
         if not self._digests:
             self._digests["scenario"] = self.splits.fingerprint
             self._digests["images"] = images_digest(self.images)
-            self._digests["weights"] = state_dict_digest(self.model.state_dict_model())
+            self._digests["weights"] = state_dict_digest(self.model.weights())
             if self.ledger.requests:
                 self._digests["ledger"] = ledgers.checksum(list(self.ledger.requests), self._digests["weights"])
         return {"clipforget": __version__, "config": dict(config), **self._digests}
@@ -549,7 +549,7 @@ def recheck_earlier(out: Path, prepared: Prepared, unlearned: DualEncoder, audit
 
 def same_weights(a: DualEncoder, b: DualEncoder) -> bool:
     """Whether two models hold the same tensors under the same names (wherever they live)."""
-    sa, sb = a.state_dict_model(), b.state_dict_model()
+    sa, sb = a.weights(), b.weights()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
 
 

@@ -92,7 +92,7 @@ _MEMO_MIN_PROMPTS = 256
 
 
 def _memo_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    text_side = {k: v for k, v in model.state_dict_model().items() if model.tower_of(k) != "image"}
+    text_side = {k: v for k, v in model.weights().items() if model.tower_of(k) != "image"}
     payload = json.dumps({"text_side": state_dict_digest(text_side), "classnames": list(classnames),
                           "templates": list(templates), "autocast": _autocast_tag(model)})
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -122,7 +122,7 @@ def classifier_cache_key(model: DualEncoder, classnames: Sequence[str], template
         {
             "format": _CACHE_FORMAT,
             **({"autocast": autocast} if autocast else {}),
-            "weights": state_dict_digest(model.state_dict_model()),
+            "weights": state_dict_digest(model.weights()),
             "classnames": list(classnames),
             "templates": list(templates),
         }
@@ -219,9 +219,9 @@ def _embedding_memo_key(model: DualEncoder, images: Images) -> str | None:
         which = f"streamed|{images.identity()}"
     else:
         return None
-    if any(m.training for m in model.model.modules()):  # dropout, batch statistics: not a function of the weights
+    if any(m.training for m in model.network.modules()):  # dropout, batch statistics: not a function of the weights
         return None
-    image_side = {k: v for k, v in model.state_dict_model().items() if model.tower_of(k) != "text"}
+    image_side = {k: v for k, v in model.weights().items() if model.tower_of(k) != "text"}
     payload = json.dumps({"images": which, "model": type(model).__qualname__, "image_side": state_dict_digest(image_side),
                           "autocast": _autocast_tag(model), "device": str(model.device),
                           "world": parallel.world_size()})

@@ -17,12 +17,16 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from clipforget.config import Config, require
+
+if TYPE_CHECKING:
+    from clipforget.models.base import DualEncoder
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,9 @@ class Tuning:
     generator: torch.Generator
     use_lora: bool = True
 
-    def __call__(self, model: nn.Module) -> AbstractContextManager[list[nn.Parameter]]:
-        """:func:`tuning` of ``model`` under these settings."""
-        return tuning(model, self.names, self.adapter, self.generator, use_lora=self.use_lora)
+    def __call__(self, model: DualEncoder) -> AbstractContextManager[list[nn.Parameter]]:
+        """:func:`tuning` of ``model``'s network under these settings."""
+        return tuning(model.network, self.names, self.adapter, self.generator, use_lora=self.use_lora)
 
 
 @contextmanager

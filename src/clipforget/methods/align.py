@@ -40,7 +40,7 @@ class AlignConfig(Config):
 
 def norm_layers(model: DualEncoder) -> tuple[str, dict[str, nn.Module]]:
     """The image tower's BatchNorm layers ("batchnorm"), or else its LayerNorms ("layernorm")."""
-    image = {n: m for n, m in model.model.named_modules() if n and model.tower_of(n + ".weight") == "image"}
+    image = {n: m for n, m in model.named_submodules() if n and model.tower_of(n + ".weight") == "image"}
     bn = {n: m for n, m in image.items() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
     if bn:
         return "batchnorm", bn
@@ -96,8 +96,8 @@ def align_images(
     images = images.to(model.device)
     p = nn.Parameter(torch.zeros_like(images))
     batches = BatchStream(len(images), config.train.batch_size, generator)
-    flags = [q.requires_grad for q in model.model.parameters()]
-    for q in model.model.parameters():
+    flags = [q.requires_grad for q in model.parameters()]
+    for q in model.parameters():
         q.requires_grad_(False)
     try:
         with record_stats(model) as stats:
@@ -109,6 +109,6 @@ def align_images(
 
             log = train_loop([p], loss_fn, config.train, desc="align")
     finally:
-        for q, f in zip(model.model.parameters(), flags):
+        for q, f in zip(model.parameters(), flags):
             q.requires_grad_(f)
     return (images + config.epsilon * torch.tanh(p)).detach(), log.to_dict()

@@ -21,7 +21,6 @@ from clipforget.methods.core import (  # noqa: F401  (the shared types, re-expor
     StateDict,
     UnlearnData,
     clone_model,
-    load_partial_state,
     stage_generator,
 )
 from clipforget.methods.scoring import Forgotten, make_score_fn, split_forget
@@ -85,7 +84,7 @@ def run_stage(
     (its info then says ``resumed``; ``seconds`` stays the time the stage took when it ran)."""
     cached = store.load(stage)
     if cached is not None:
-        load_partial_state(model, cached["state"])
+        model.load_weights(cached["state"])
         return {**cached["info"], "resumed": True}
     log.info("stage %s", stage)
     start = time.perf_counter()
@@ -178,7 +177,7 @@ class Method(abc.ABC):
         run = MethodRun(
             teacher=teacher,
             student=student,
-            original={k: v.detach().clone() for k, v in teacher.model.state_dict().items()},
+            original={k: v.detach().clone() for k, v in teacher.weights().items()},
             data=fit,
             check=check,
             score_fn=score_fn or _built_on_first_call(lambda: make_score_fn(teacher, check, forgotten)),

@@ -70,19 +70,6 @@ class UnlearnData:
         return [self.templates[0].format(self.classnames[int(i)]) for i in self.retain_labels]
 
 
-def load_partial_state(model: DualEncoder, state: Mapping[str, Tensor]) -> None:
-    """Copy ``state`` into the backend model, checking every key and shape."""
-    own = model.model.state_dict()
-    unknown = sorted(set(state) - set(own))
-    if unknown:
-        raise KeyError(f"stored state has keys the model lacks: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-    with torch.no_grad():
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ValueError(f"stored state {k!r} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
-            own[k].copy_(v)
-
-
 def clone_model(model: DualEncoder) -> DualEncoder:
     """A deep copy of the weights that shares the read-only helpers (tokenizer, preprocess, spec)."""
     shared = {

@@ -91,13 +91,13 @@ def candidate_layers(model: DualEncoder, config: SelectConfig) -> dict[str, list
 
 @contextmanager
 def _grads_only_for(model: DualEncoder, names: set[str]):
-    flags = {n: p.requires_grad for n, p in model.model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_weights()}
     try:
-        for n, p in model.model.named_parameters():
+        for n, p in model.named_weights():
             p.requires_grad_(n in names)
         yield
     finally:
-        for n, p in model.model.named_parameters():
+        for n, p in model.named_weights():
             p.requires_grad_(flags[n])
 
 
@@ -106,7 +106,7 @@ def layer_fisher(model: DualEncoder, images: Tensor, texts: Sequence[str], layer
     """``F_l`` for each layer over the pairs ``(images[i], texts[i])`` (one backward per sample)."""
     require(len(images) == len(texts), "one text per image is needed for the Fisher")
     names = sorted({p for ps in layers.values() for p in ps})
-    own = dict(model.model.named_parameters())
+    own = dict(model.named_weights())
     params = [own[n] for n in names]
     sq = {n: 0.0 for n in names}
     unique = sorted(set(texts))

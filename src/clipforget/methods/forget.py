@@ -245,7 +245,7 @@ def edit_terms(model: DualEncoder, data: UnlearnData, config: ForgetConfig, forg
     """
     proj = model.image_projection()
     projection_parameters(model)  # a clear error when the backend has no projection
-    params = dict(model.model.named_parameters())
+    params = dict(model.named_weights())
     weight = params[proj.weight]
     w = (weight.T if proj.transposed else weight).detach().double().cpu()
     b = params[proj.bias].detach().double().cpu() if proj.bias else torch.zeros(w.shape[0], dtype=torch.float64)
@@ -295,7 +295,7 @@ def solve_edit(terms: Sequence[EditTerms], ridge: float, centre: bool = True) ->
 def apply_edit(model: DualEncoder, delta: Tensor, mean: Tensor) -> float:
     """Add ``ΔW`` to ``model``'s image projection (in place; ``−ΔW m`` to its bias); returns ``‖ΔW‖ / ‖W‖``."""
     proj = model.image_projection()
-    params = dict(model.model.named_parameters())
+    params = dict(model.named_weights())
     weight = params[proj.weight]
     w_norm = float(weight.detach().double().norm())
     weight.add_((delta.T if proj.transposed else delta).to(weight))
@@ -383,7 +383,7 @@ def forget_stage(
             config.target_acc is not None and progress["forget_acc"] <= config.target_acc
         )
 
-    with tune(model.model) as params:
+    with tune(model) as params:
         train_log = train_loop(params, loss_fn, config.train, should_stop=should_stop, desc="forget")
     final = forget_progress(model, data)
     if anchor is not None:

@@ -25,7 +25,6 @@ from clipforget.methods.base import (
     MethodRun,
     ScoreFn,
     StateDict,
-    load_partial_state,
     register_method,
     run_stage,
     stage_generator,
@@ -164,7 +163,7 @@ def self_names(teacher: DualEncoder, data: UnlearnData, config: ForgetConfig) ->
 
 def _state_of(model: DualEncoder, keys: list[str], original: StateDict) -> StateDict:
     """The named entries plus any other entry that differs from ``original`` (what a stage changed)."""
-    own = model.model.state_dict()
+    own = model.weights()
     changed = {k for k, v in own.items() if not torch.equal(v, original[k])}
     return {k: own[k].detach().clone() for k in sorted(set(keys) | changed)}
 
@@ -253,7 +252,7 @@ class Ours(Method):
 
         def restore() -> tuple[dict[str, Any], StateDict]:
             choice = self._restore(config, original, student, after_forget, sel, run.score_fn, run.forget_target)
-            load_partial_state(student, choice.state)
+            student.load_weights(choice.state)
             return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
 
         if config.use_souping:
@@ -265,7 +264,7 @@ class Ours(Method):
         config: OursConfig, original: StateDict, student: DualEncoder, after_forget: StateDict, sel: dict, score_fn: ScoreFn,
         forget_target: float,
     ) -> SoupChoice:
-        unlearned = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+        unlearned = {k: v.detach().clone() for k, v in student.weights().items()}
         cfg = config.restore
         if cfg.mode == "interpolate":
             return search_alpha(original, unlearned, score_fn, sorted(cfg.grid), forget_target, cfg.tolerance, cfg.pick, cfg.margin)

@@ -123,7 +123,7 @@ def remind_stage(
             terms["anchor"] = anchor.loss(student)
         return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
 
-    with tune(student.model) as params:
+    with tune(student) as params:
         train_log = train_loop(params, loss_fn, config.train, desc="remind")
     final = forget_progress(student, data)
     if anchor is not None:

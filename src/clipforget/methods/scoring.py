@@ -25,7 +25,6 @@ from clipforget.methods.core import (
     ScoreFn,
     UnlearnData,
     clone_model,
-    load_partial_state,
     stage_generator,
 )
 from clipforget.methods.losses import embed_images, encode_texts
@@ -101,7 +100,7 @@ def make_score_fn(original: DualEncoder, data: UnlearnData, forgotten: Sequence[
     labels = labels.cpu()
 
     def score(state: Mapping[str, Tensor]) -> tuple[float, float]:
-        load_partial_state(scratch, state)
+        scratch.load_weights(state)
         utility = float((predict(scratch, images, classnames, data.templates) == labels).float().mean())
         forget_acc = forget_progress(scratch, data)["forget_acc"]
         rises = [forgotten_accuracy(scratch, f) - r for f, r in zip(forgotten, received)]

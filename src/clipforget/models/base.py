@@ -11,7 +11,7 @@ caller ever branches on the backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -130,9 +130,41 @@ class DualEncoder(nn.Module, abc.ABC):
     def saved_id(self, directory: str | Path) -> str:
         """The model id that loads what :meth:`save` wrote into ``directory``."""
 
-    def state_dict_model(self) -> dict[str, Tensor]:
-        """The backend model's state dict (keys as the backend names them)."""
+    def weights(self) -> dict[str, Tensor]:
+        """The weights as the backend names them (its state dict; the tensors are the model's own)."""
         return self.model.state_dict()
+
+    def named_weights(self, tower: Tower | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+        """The trainable parameters under the backend's names, of one ``tower`` or (None) all."""
+        for name, p in self.model.named_parameters():
+            if tower is None or self.tower_of(name) == tower:
+                yield name, p
+
+    def named_submodules(self) -> Iterator[tuple[str, nn.Module]]:
+        """The backend's modules under the names :meth:`layers` and :meth:`tower_of` use."""
+        return self.model.named_modules()
+
+    def load_weights(self, state: Mapping[str, Tensor]) -> None:
+        """Copy ``state`` (some or all weights, backend names) into the model in place; an unknown key
+        or a shape that differs is refused by name before anything is copied."""
+        own = self.model.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(f"stored state has keys the model lacks: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if own[k].shape != v.shape]
+        if wrong:
+            k, theirs, ours = wrong[0]
+            raise ValueError(f"stored state {k!r} has shape {theirs}, the model {ours}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    @property
+    def network(self) -> nn.Module:
+        """The backend module the weight names refer to, for code that reparametrises it in place
+        (LoRA adapters, gradient hooks); everything else reads and writes weights through
+        :meth:`weights`, :meth:`named_weights` and :meth:`load_weights`."""
+        return self.model
 
     # -- structure --------------------------------------------------------------------------
     def tower_of(self, param_name: str) -> Tower | None:
@@ -159,11 +191,6 @@ class DualEncoder(nn.Module, abc.ABC):
                 key = module_name if module_name else pname
                 out.setdefault(key, []).append(full)
         return out
-
-    def tower_parameters(self, tower: Tower) -> Iterator[tuple[str, nn.Parameter]]:
-        for name, p in self.model.named_parameters():
-            if self.tower_of(name) == tower:
-                yield name, p
 
     #: The image stage from which methods may train by default (None: whole images). A backend sets it
     #: where the image tower is too slow to run at every step on a CPU (the testbed).

@@ -35,7 +35,6 @@ from clipforget.methods.base import (
     ScoreFn,
     StateDict,
     UnlearnData,
-    load_partial_state,
     run_stage,
     stage_generator,
 )
@@ -82,12 +81,12 @@ def retain_loss(model: DualEncoder, data: UnlearnData, images: Tensor, labels: T
 
 def tower_params(model: DualEncoder) -> list[str]:
     """Sorted names of every parameter of either tower (everything but the logit scale)."""
-    return sorted(n for n, _ in model.model.named_parameters() if model.tower_of(n) is not None)
+    return sorted(n for n, _ in model.named_weights() if model.tower_of(n) is not None)
 
 
 def trainable(model: DualEncoder, names: list[str]):
     """Context: only ``names`` require grad (tuned in full); yields them in sorted-name order."""
-    return tuning(model.model, names, AdapterConfig(), torch.Generator(), use_lora=False)
+    return tuning(model.network, names, AdapterConfig(), torch.Generator(), use_lora=False)
 
 
 def gradients(model: DualEncoder, names: list[str], loss_fn: Callable[[], Tensor]) -> dict[str, Tensor]:
@@ -126,12 +125,12 @@ def train_keeping_best(
 
     def checkpoint(step: int) -> bool:
         if step > 0:
-            best.offer(model.model.state_dict(), step=first_step + step)
+            best.offer(model.weights(), step=first_step + step)
         return False
 
     with trainable(model, names) as params:
         log = train_loop(params, loss_fn, train, should_stop=checkpoint, desc=desc)
-    best.offer(model.model.state_dict(), step=first_step + log.steps_run)
+    best.offer(model.weights(), step=first_step + log.steps_run)
     return log.to_dict()
 
 
@@ -175,8 +174,8 @@ class Baseline(Method):
         def stage() -> tuple[dict[str, Any], StateDict]:
             best = BestWeights(run.score_fn, run.forget_target)
             info = self.unlearn(student, data, config, best, stage_generator(run.seed, self.name))
-            load_partial_state(student, best.state)
-            changed = {k: v.detach().clone() for k, v in student.model.state_dict().items() if not torch.equal(v, original[k])}
+            student.load_weights(best.state)
+            changed = {k: v.detach().clone() for k, v in student.weights().items() if not torch.equal(v, original[k])}
             return {**info, "curve": best.curve, "choice": best.choice, "chose_original": not changed}, changed
 
         return MethodResult(model=student, diagnostics={"unlearn": run_stage(run.store, "unlearn", student, stage)})

@@ -193,7 +193,7 @@ class SalUn(RandomLabels):
         require(config.train.weight_decay == 0, "SalUn needs train.weight_decay 0 so masked weights stay fixed")
         names = tower_params(student)
         masks = saliency_masks(student, data, names, config.saliency_fraction, config.saliency_samples)
-        own = dict(student.model.named_parameters())
+        own = dict(student.named_weights())
         hooks = [own[n].register_hook(lambda g, m=masks[n]: g * m) for n in names]
         try:
             info = super().unlearn(student, data, config, best, generator)

@@ -147,7 +147,7 @@ class LIPConfig(TrainedConfig):
 
 def token_embedding(model: DualEncoder) -> nn.Embedding:
     """The text tower's token embedding: its ``nn.Embedding`` with the most rows (the vocabulary)."""
-    found = [m for n, m in model.model.named_modules() if isinstance(m, nn.Embedding) and model.tower_of(f"{n}.weight") == "text"]
+    found = [m for n, m in model.named_submodules() if isinstance(m, nn.Embedding) and model.tower_of(f"{n}.weight") == "text"]
     require(bool(found), "LIP needs a text tower with a token embedding")
     return max(found, key=lambda m: m.num_embeddings)
 

@@ -99,7 +99,7 @@ class SSD(Baseline):
 
     def unlearn(self, student: DualEncoder, data: UnlearnData, config: SSDConfig, best: BestWeights, generator) -> dict[str, Any]:
         forget, retain = self.importances(student, data, config)
-        state = student.model.state_dict()
+        state = student.weights()
         selected = {}
         for alpha in config.alpha_grid:
             for lam in config.lambda_grid:
@@ -161,7 +161,7 @@ class TaskVector(Baseline):
         return TaskVectorConfig(train=TrainConfig(steps=3, lr=1e-3, batch_size=4), lambda_grid=(0.5, 1.0))
 
     def unlearn(self, student: DualEncoder, data: UnlearnData, config: TaskVectorConfig, best: BestWeights, generator) -> dict[str, Any]:
-        original = {k: v.detach().clone() for k, v in student.model.state_dict().items()}
+        original = {k: v.detach().clone() for k, v in student.weights().items()}
         names = [n for n in tower_params(student) if student.tower_of(n) in config.towers]
         batches = BatchStream(len(data.forget_images), config.train.batch_size, generator)
 
@@ -170,7 +170,7 @@ class TaskVector(Baseline):
 
         with trainable(student, names) as params:
             log = train_loop(params, loss_fn, config.train, desc="task-vector")
-        finetuned = student.model.state_dict()
+        finetuned = student.weights()
         for lam in config.lambda_grid:
             best.offer(negate(original, finetuned, lam), lam=lam)
         return {"finetune": log.to_dict()}
@@ -224,7 +224,7 @@ class SLUG(Baseline):
         names, k = tower_params(student), config.max_samples
         g_f = gradients(student, names, lambda: -forget_nll(student, data, data.forget_images[:k]))
         g_r = gradients(student, names, lambda: retain_loss(student, data, data.retain_images[:k], data.retain_labels[:k]))
-        state = student.model.state_dict()
+        state = student.weights()
 
         def norm(t: Mapping[str, Tensor], ps: list[str]) -> float:
             return float(torch.sqrt(sum(t[p].float().pow(2).sum() for p in ps)))
