@@ -33,7 +33,8 @@ from clipforget.methods.forget import (
     forget_stage,
     projected_targets,
 )
-from clipforget.methods.losses import class_embeddings, embed_images, forget_class_loss
+from clipforget.methods.losses import embed_images, forget_class_loss
+from clipforget.zeroshot import class_head
 from clipforget.methods.remind import RemindConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model, projection_inputs
 from clipforget.models.prefix import FrozenImagePrefix
@@ -99,7 +100,7 @@ def test_forget_changes_only_the_selected_layers_and_lowers_similarity(model, us
 
 def forget_label_probability(model: DualEncoder, data: UnlearnData) -> float:
     with torch.no_grad():
-        classifier = class_embeddings(model, data.classnames, data.templates)
+        classifier = class_head(model, data.classnames, data.templates)
         logits = model.logit_scale * embed_images(model, data.forget_images) @ classifier
     return float(logits.softmax(-1)[:, data.forget_label].mean())
 
@@ -302,7 +303,7 @@ def test_remind_moves_retain_logits_toward_the_teacher(model):
 
 def retain_cross_entropy(model: DualEncoder, data: UnlearnData) -> float:
     with torch.no_grad():
-        logits = model.logit_scale * embed_images(model, data.retain_images) @ class_embeddings(model, data.classnames, data.templates)
+        logits = model.logit_scale * embed_images(model, data.retain_images) @ class_head(model, data.classnames, data.templates)
     return float(torch.nn.functional.cross_entropy(logits, data.retain_labels))
 
 

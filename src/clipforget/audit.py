@@ -39,7 +39,7 @@ from clipforget.data.types import ScenarioSplits
 from clipforget.evaluation import ScenarioImages
 from clipforget.methods.adapters import AdapterConfig, tuning
 from clipforget.methods.base import clone_model, stage_generator
-from clipforget.methods.losses import class_embeddings, tunes_text
+from clipforget.methods.losses import ClassHead
 from clipforget.methods.training import TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 from clipforget.zeroshot import build_zero_shot_classifier, compute_image_embeddings
@@ -479,14 +479,11 @@ def relearn_curve(model: DualEncoder, shots: Tensor, target_images: Tensor, spli
     tuned = clone_model(model).eval()
     shots = shots.to(tuned.device)
     labels = torch.full((len(shots),), splits.classnames.index(splits.forget_label), device=tuned.device)
-    text_trains = tunes_text(tuned, param_names)
-    with torch.no_grad():
-        fixed = class_embeddings(tuned, splits.classnames, splits.templates)
+    head = ClassHead(tuned, splits.classnames, splits.templates, param_names)
     curve: dict[str, float] = {}
 
     def loss_fn(step: int) -> dict[str, Tensor]:
-        classifier = class_embeddings(tuned, splits.classnames, splits.templates) if text_trains else fixed
-        logits = tuned.logit_scale.detach() * tuned.encode_image(shots) @ classifier.to(shots.dtype)
+        logits = tuned.logit_scale.detach() * tuned.encode_image(shots) @ head().to(shots.dtype)
         return {"loss": F.cross_entropy(logits.float(), labels)}
 
     def read(step: int) -> bool:

@@ -31,6 +31,20 @@ _CACHE_FORMAT = "clipforget-zeroshot-v1"
 
 
 # -- classifier ---------------------------------------------------------------------------------
+def class_head(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str], *,
+               batch_size: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """The zero-shot class head (D, C): the normalised mean of each class's template embeddings
+    (open_clip's template ensemble), in float32, with gradient wherever gradient is enabled.
+    ``batch_size``: prompts per text-tower pass (default: all at once)."""
+    device = device or model.device
+    texts = [t.format(c) for c in classnames for t in templates]
+    step = batch_size or len(texts)
+    emb = torch.cat([model.encode_text(to_device(model.tokenize(texts[i : i + step]), device)).float()
+                     for i in range(0, len(texts), step)])
+    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(emb, dim=-1).T
+
+
 @torch.no_grad()
 def build_zero_shot_classifier(
     model: DualEncoder,
@@ -66,12 +80,7 @@ def build_zero_shot_classifier(
 
             log.info("zero-shot classifier from cache %s", cache_file)
             return load_file(cache_file)["classifier"].to(device)
-    texts = [t.format(c) for c in classnames for t in templates]
-    embs = []
-    for i in range(0, len(texts), batch_size):
-        embs.append(model.encode_text(to_device(model.tokenize(texts[i : i + batch_size]), device)).float())
-    emb = torch.cat(embs).view(len(classnames), len(templates), -1).mean(dim=1)
-    classifier = torch.nn.functional.normalize(emb, dim=-1).T.contiguous()
+    classifier = class_head(model, classnames, templates, batch_size=batch_size, device=device).contiguous()
     if cache_file is not None:
         atomic_save_safetensors({"classifier": classifier}, cache_file, metadata={"format": _CACHE_FORMAT})
         log.info("zero-shot classifier cached at %s", cache_file)

@@ -22,7 +22,7 @@ from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.scoring import forget_progress  # noqa: F401  (re-exported)
 from clipforget.methods.losses import (
-    class_embeddings,
+    ClassHead,
     embed_images,
     encode_texts,
     forget_class_loss,
@@ -149,13 +149,13 @@ class ForgetObjective:
         self.forget_columns = [data.forget_label, *range(len(data.classnames), len(self.classes))]
         with torch.no_grad():
             self._text = encode_texts(model, self.texts)
-            self._classifier = build_zero_shot_classifier(model, self.classes, data.templates)
+        self._head = ClassHead(model, self.classes, data.templates, param_names)
         if config.needs_original_embeddings and original_embeddings is None:
             original_embeddings = embed_images(model, data.forget_images)
         self._original = original_embeddings
         self._projected = None
         if config.target == "project":
-            directions = torch.cat([self._text, self._classifier[:, self.forget_columns].T])
+            directions = torch.cat([self._text, self._head()[:, self.forget_columns].detach().T])
             self._projected = projected_targets(original_embeddings, directions, config.overshoot)
 
     def __call__(self, index: Tensor) -> dict[str, Tensor]:
@@ -173,7 +173,7 @@ class ForgetObjective:
             own = (emb * self._original[index.to(self._original.device)].to(emb.device)).sum(-1)
             terms["image"] = config.image_weight * torch.relu(own - config.image_margin).mean()
         if config.class_weight > 0:
-            classifier = class_embeddings(model, self.classes, data.templates) if self.text_trains else self._classifier
+            classifier = self._head()
             logits = model.logit_scale.detach() * emb @ classifier.to(emb.dtype)
             terms["class"] = config.class_weight * forget_class_loss(logits, self.forget_columns)
         return {"loss": sum(terms.values()), "mean_similarity": sim[:, 0].mean().detach(), **{k: v.detach() for k, v in terms.items()}}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipforget.models.base import DualEncoder, to_device
+from clipforget.zeroshot import class_head, compute_image_embeddings
 
 
 def encode_texts(model: DualEncoder, texts: Sequence[str]) -> Tensor:
@@ -21,11 +22,21 @@ def tunes_text(model: DualEncoder, param_names: Sequence[str]) -> bool:
     return any(model.tower_of(n) == "text" for n in param_names)
 
 
-def class_embeddings(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """Zero-shot classifier (D, C) with gradient: normalised mean of each class's template embeddings."""
-    emb = encode_texts(model, [t.format(c) for c in classnames for t in templates])
-    emb = emb.view(len(classnames), len(templates), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1).T
+class ClassHead:
+    """The class head of a model under tuning. When the tuned parameters reach the text tower it is
+    recomputed with gradient at every call (the prompts move); else it is computed once, without
+    gradient, and reused (nothing it depends on trains)."""
+
+    def __init__(self, model: DualEncoder, classnames: Sequence[str], templates: Sequence[str], tuned: Sequence[str]):
+        self.model, self.classnames, self.templates = model, list(classnames), list(templates)
+        self.trains = tunes_text(model, tuned)
+        self._fixed = None
+        if not self.trains:
+            with torch.no_grad():
+                self._fixed = class_head(model, self.classnames, self.templates)
+
+    def __call__(self) -> Tensor:
+        return class_head(self.model, self.classnames, self.templates) if self._fixed is None else self._fixed
 
 
 def forget_loss(similarity: Tensor, delta: float, hinge: bool) -> Tensor:
@@ -56,7 +67,7 @@ def embedding_distance(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     return (1 - (student_emb * teacher_emb).sum(-1)).mean()
 
 
-@torch.no_grad()
 def embed_images(model: DualEncoder, images: Tensor, batch_size: int = 128) -> Tensor:
-    """Normalised image embeddings without gradient, in batches, on the model's device."""
-    return torch.cat([model.encode_image(images[i : i + batch_size].to(model.device)) for i in range(0, len(images), batch_size)])
+    """Normalised image embeddings without gradient (:func:`~clipforget.zeroshot.compute_image_embeddings`,
+    quietly), on the model's device."""
+    return compute_image_embeddings(model, images, batch_size=batch_size, progress=False).to(model.device)

@@ -22,11 +22,10 @@ from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.core import UnlearnData
 from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress
 from clipforget.methods.losses import (
-    class_embeddings,
+    ClassHead,
     embed_images,
     embedding_distance,
     kd_kl,
-    tunes_text,
 )
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
@@ -96,7 +95,7 @@ def remind_stage(
     t_emb = embed_images(teacher, pool)
     t_logits = teacher_logits(teacher, pool, data)
     scale = teacher.logit_scale.detach()
-    fixed_classifier = None if tunes_text(student, tune.names) else build_zero_shot_classifier(student, data.classnames, data.templates)
+    head = ClassHead(student, data.classnames, data.templates, tune.names)
     batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, tune.generator)
     forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, tune.generator)
     original = embed_images(teacher, data.forget_images) if forget.needs_original_embeddings else None
@@ -105,8 +104,7 @@ def remind_stage(
     def loss_fn(step: int) -> dict[str, Tensor]:
         idx = batches.next().to(pool.device)
         emb = student.encode_image(pool[idx])
-        classifier = fixed_classifier if fixed_classifier is not None else class_embeddings(student, data.classnames, data.templates)
-        logits = scale * emb @ classifier
+        logits = scale * emb @ head()
         terms: dict[str, Tensor] = {}
         if use_distillation:
             terms["kd"] = config.kd_weight * kd_kl(logits, t_logits[idx])

@@ -38,10 +38,11 @@ from clipforget.methods.base import (
     run_stage,
     stage_generator,
 )
-from clipforget.methods.losses import class_embeddings, encode_texts
+from clipforget.methods.losses import encode_texts
 from clipforget.methods.scoring import best_candidate
 from clipforget.methods.training import LossFn, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
+from clipforget.zeroshot import class_head
 
 # -- losses ----------------------------------------------------------------------------------------
 
@@ -51,7 +52,7 @@ SMOKE_TRAIN = TrainConfig(steps=3, lr=1e-3, batch_size=4, check_every=2)
 
 def text_heads(model: DualEncoder, data: UnlearnData) -> Tensor:
     """(D, 1 + C) with gradient: the forget text's embedding, then every class's zero-shot head."""
-    return torch.cat([encode_texts(model, [data.forget_text]).T, class_embeddings(model, data.classnames, data.templates)], 1)
+    return torch.cat([encode_texts(model, [data.forget_text]).T, class_head(model, data.classnames, data.templates)], 1)
 
 
 def clip_logits(model: DualEncoder, images: Tensor, heads: Tensor) -> Tensor:
