@@ -53,7 +53,7 @@ import yaml
 from clipforget import __version__
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
-from clipforget.config import Config
+from clipforget.config import Config, require
 from clipforget.data import (
     ScenarioConfig,
     ScenarioSplits,
@@ -486,7 +486,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     warnings += ledgers.recheck_warnings(rechecked)
     for w in warnings:
         log.warning("%s", w)
-    _write_diagnostics(out, result.diagnostics)
+    _write_artifacts(out, result.artifacts)
     write_sets(out, prepared.splits, open_sources(prepared.scenario), seed=seed)
     if save_model:
         with timer("save"):
@@ -585,12 +585,8 @@ def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
     return {f"stage/{k}": float(v["seconds"]) for k, v in diagnostics.items() if isinstance(v.get("seconds"), (int, float))}
 
 
-def _write_diagnostics(out: Path, diagnostics: Mapping[str, Mapping[str, Any]]) -> None:
-    """fisher.json (per-layer scores, the tuned layers) and alpha_curve.json, for the report."""
-    select = diagnostics.get("select", {})
-    if "scores" in select:
-        scores = select["scores"]
-        atomic_write_json(out / "fisher.json", {**scores, "selected": select.get("layers", [])})
-    restore = diagnostics.get("restore", {})
-    if restore.get("curve"):
-        atomic_write_json(out / "alpha_curve.json", {"curve": restore["curve"], "chosen": restore.get("choice", {}).get("alpha")})
+def _write_artifacts(out: Path, artifacts: Mapping[str, Any]) -> None:
+    """Each artifact a method returned, as JSON under its own file name."""
+    for name, payload in artifacts.items():
+        require(Path(name).name == name and name.endswith(".json"), f"method artifact {name!r}: give a plain *.json file name")
+        atomic_write_json(out / name, payload)

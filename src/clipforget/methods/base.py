@@ -34,11 +34,14 @@ class MethodResult:
     """The unlearned model (same backend, same parameter names and shapes) and per-stage diagnostics.
 
     ``diagnostics`` maps a stage name to JSON-serialisable values (Fisher scores, selected layers,
-    loss curves, the alpha curve), in the order the stages ran.
+    loss curves, the alpha curve), in the order the stages ran. ``artifacts`` maps a file name to a
+    JSON-serialisable payload the method wants kept beside its run (``fisher.json``,
+    ``alpha_curve.json``); the runner writes each as it is, without reading it.
     """
 
     model: DualEncoder
     diagnostics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 # -- stage store ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +95,67 @@ class RestoreConfig(Config):
         require(0 <= self.tolerance <= 1, f"tolerance must be in [0, 1], got {self.tolerance}")
         require(self.pick in ("center", "edge"), f"pick must be 'center' or 'edge', got {self.pick!r}")
         require(self.margin >= 0, f"margin must be >= 0 grid steps, got {self.margin}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the select stage chose: the tuned ``layers`` and their parameter names (``params``), the
+    per-layer Fisher ``scores`` (``{"forget"|"retain"|"relative": {layer: score}}``; empty when no
+    selection ran) and the ``forget_names`` the original model gives the subgroup (``[{name, p}]``)."""
+
+    layers: list[str]
+    params: list[str]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    forget_names: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Selection:
+        return cls(list(data["layers"]), list(data["params"]), dict(data.get("scores", {})), list(data.get("forget_names", [])))
+
+
+@dataclass(frozen=True)
+class RestoreInputs:
+    """What every restore mode reads: the original, forget-stage and current (unlearned) weights, the
+    selection, the run's scoring function and forget target."""
+
+    config: RestoreConfig
+    original: StateDict
+    after_forget: StateDict
+    unlearned: StateDict
+    selection: Selection
+    layers: dict[str, list[str]]
+    score_fn: ScoreFn
+    forget_target: float
+
+
+def _restore_interpolate(x: RestoreInputs) -> SoupChoice:
+    """Grid search over α between the original and the unlearned weights."""
+    c = x.config
+    return search_alpha(x.original, x.unlearned, x.score_fn, sorted(c.grid), x.forget_target, c.tolerance, c.pick, c.margin)
+
+
+def _restore_greedy(x: RestoreInputs) -> SoupChoice:
+    """Greedy soup of the unlearned, the forget-stage and the original weights."""
+    return greedy_soup([x.unlearned, {**x.original, **x.after_forget}, x.original], x.score_fn, x.forget_target)
+
+
+def _restore_fisher(x: RestoreInputs) -> SoupChoice:
+    """Per-layer Fisher-weighted average: retain Fisher pulls toward the original, forget Fisher toward the unlearned."""
+    layer_of = {p: layer for layer in x.selection.layers for p in x.layers[layer]}
+    scores = x.selection.scores
+    w_orig = {k: scores["retain"][layer_of[k]] if k in layer_of else 1.0 for k in x.original}
+    w_unl = {k: scores["forget"][layer_of[k]] if k in layer_of else 1.0 for k in x.original}
+    soup = weighted_soup([x.original, x.unlearned], [w_orig, w_unl])
+    utility, forget_acc = x.score_fn(soup)
+    return SoupChoice(soup, [], {"utility": float(utility), "forget_acc": float(forget_acc)})
+
+
+#: ``restore.mode`` -> the function that makes the soup.
+RESTORE_MODES: dict[str, Callable[[RestoreInputs], SoupChoice]] = {
+    "interpolate": _restore_interpolate, "greedy": _restore_greedy, "fisher": _restore_fisher}
 
 
 def image_side_forget() -> ForgetConfig:
@@ -197,7 +258,7 @@ class Ours(Method):
                 layers = sorted({layer for layer, owned in student.layers().items() if set(owned) & set(params)})
                 log.info("no layer selection: the closed-form edit changes only the image projection (%s) and no "
                          "remind stage follows", ", ".join(params))
-                return {"layers": layers, "params": params, "forget_names": names}, {}
+                return Selection(layers, params, forget_names=names).to_dict(), {}
             candidates = candidate_layers(student, config.select)
             scores = fisher_scores(student, data, candidates, config.select, stage_generator(seed, "select"))
             if config.use_relative_fisher:
@@ -208,11 +269,12 @@ class Ours(Method):
                 layers = sorted(candidates)
             params = sorted({p for layer in layers for p in candidates[layer]})
             log.info("selected %d layers: %s", len(layers), ", ".join(layers))
-            return {"scores": scores.to_dict(), "layers": layers, "params": params, "forget_names": names}, {}
+            return Selection(layers, params, scores.to_dict(), names).to_dict(), {}
 
-        diagnostics["select"] = sel = run_stage(store, "select", student, select)
-        params: list[str] = sel["params"]
-        forget_names = [n["name"] for n in sel.get("forget_names", [])]
+        diagnostics["select"] = run_stage(store, "select", student, select)
+        sel = Selection.from_dict(diagnostics["select"])
+        params = sel.params
+        forget_names = [n["name"] for n in sel.forget_names]
 
         def anchor(stage: str) -> TextAnchor | None:
             if config.anchor.weight == 0 or stage not in config.anchor.stages or not tunes_text(student, params):
@@ -251,33 +313,22 @@ class Ours(Method):
             diagnostics["remind"] = run_stage(store, "remind", student, remind)
 
         def restore() -> tuple[dict[str, Any], StateDict]:
-            choice = self._restore(config, original, student, after_forget, sel, run.score_fn, run.forget_target)
+            unlearned = {k: v.detach().clone() for k, v in student.weights().items()}
+            inputs = RestoreInputs(config.restore, original, after_forget, unlearned, sel, student.layers(), run.score_fn,
+                                   run.forget_target)
+            choice = RESTORE_MODES[config.restore.mode](inputs)
             student.load_weights(choice.state)
             return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
 
         if config.use_souping:
             diagnostics["restore"] = run_stage(store, "restore", student, restore)
-        return MethodResult(model=student, diagnostics=diagnostics)
-
-    @staticmethod
-    def _restore(
-        config: OursConfig, original: StateDict, student: DualEncoder, after_forget: StateDict, sel: dict, score_fn: ScoreFn,
-        forget_target: float,
-    ) -> SoupChoice:
-        unlearned = {k: v.detach().clone() for k, v in student.weights().items()}
-        cfg = config.restore
-        if cfg.mode == "interpolate":
-            return search_alpha(original, unlearned, score_fn, sorted(cfg.grid), forget_target, cfg.tolerance, cfg.pick, cfg.margin)
-        if cfg.mode == "greedy":
-            return greedy_soup([unlearned, {**original, **after_forget}, original], score_fn, forget_target)
-        layers = student.layers()
-        layer_of = {p: layer for layer in sel["layers"] for p in layers[layer]}
-        scores = sel["scores"]
-        w_orig = {k: scores["retain"][layer_of[k]] if k in layer_of else 1.0 for k in original}
-        w_unl = {k: scores["forget"][layer_of[k]] if k in layer_of else 1.0 for k in original}
-        soup = weighted_soup([original, unlearned], [w_orig, w_unl])
-        utility, forget_acc = score_fn(soup)
-        return SoupChoice(soup, [], {"utility": float(utility), "forget_acc": float(forget_acc)})
+        artifacts = {}
+        if sel.scores:
+            artifacts["fisher.json"] = {**sel.scores, "selected": sel.layers}
+        if diagnostics.get("restore", {}).get("curve"):
+            artifacts["alpha_curve.json"] = {"curve": diagnostics["restore"]["curve"],
+                                             "chosen": diagnostics["restore"].get("choice", {}).get("alpha")}
+        return MethodResult(model=student, diagnostics=diagnostics, artifacts=artifacts)
 
 
 @register_method("ours-paper")
