@@ -126,7 +126,7 @@ def evaluation(tmp: Path) -> str:
 def full_run(scenario: str) -> list[str]:
     from clipforget.data import build_scenario, load_scenario_config, open_sources
     from clipforget.models import load_model
-    from clipforget.pipeline import load_scenario_images, run_forget
+    from clipforget.app.runner import load_scenario_images, run_forget
     from clipforget.zeroshot import build_zero_shot_classifier, compute_image_embeddings
 
     with tempfile.TemporaryDirectory() as out:
@@ -268,7 +268,7 @@ def write_memory_scenario(root: Path, n_held: int) -> Path:
 
 def memory_child(scenario: str, above_mib: float) -> None:
     from clipforget.data import Streaming
-    from clipforget.pipeline import run_forget
+    from clipforget.app.runner import run_forget
 
     with tempfile.TemporaryDirectory() as tmp:
         model = vit(64, Path(tmp), image_size=224)

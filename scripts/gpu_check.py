@@ -82,7 +82,7 @@ def end_to_end(device: torch.device, n_held: int, arch: str, quick: bool = False
     from bench_speed import write_memory_scenario
 
     from clipforget.data import Streaming
-    from clipforget.pipeline import run_forget
+    from clipforget.app.runner import run_forget
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,11 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from clipforget import api
+from clipforget.app import api
 from clipforget.audit import audit_summary
-from clipforget.bench import _finished
+from clipforget.app.bench import _finished
 from clipforget.io import atomic_write_json
-from clipforget.pipeline import run_forget
+from clipforget.app.runner import run_forget
 
 HERE = Path(__file__).parent
 REQUESTS = {

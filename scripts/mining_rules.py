@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from clipforget.data import presets
-from clipforget.mined_scenario import DEFAULT_TEMPLATES, embed_pool, read_pool
+from clipforget.app.mined_scenario import DEFAULT_TEMPLATES, embed_pool, read_pool
 from clipforget.mining import MARGIN_EPS
 from clipforget.models import load_model
 from clipforget.zeroshot import build_zero_shot_classifier

@@ -26,13 +26,13 @@ import torch
 
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
-from clipforget.bench import _finished
+from clipforget.app.bench import _finished
 from clipforget.data import build_scenario, load_scenario_config, open_sources
 from clipforget.evaluation import evaluate_scenario
 from clipforget.io import atomic_write_json
 from clipforget.models import load_model
-from clipforget.pipeline import load_scenario_images, run_forget
-from clipforget.together import run_forget_together
+from clipforget.app.runner import load_scenario_images, run_forget
+from clipforget.app.together import run_forget_together
 
 SCENARIOS = ("cifar10-cat", "fmnist-sneaker", "springer-in-dog")
 #: The class name each scenario's subgroup has in the other scenarios' label spaces.

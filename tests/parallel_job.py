@@ -7,11 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from clipforget import api, parallel
-from clipforget.bench import collect, run_bench
-from clipforget.cli import configure_logging
+from clipforget import parallel
+from clipforget.app import api
+from clipforget.app.bench import collect, run_bench
+from clipforget.app.cli import configure_logging
 from clipforget.data import Streaming
-from clipforget.pipeline import run_forget
+from clipforget.app.runner import run_forget
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import torch
 import yaml
 from synthetic import build_tiny_scenario
 
-from clipforget.cli import main
+from clipforget.app.cli import main
 from clipforget.methods import get_method
 from clipforget.models import load_model
 
@@ -453,12 +453,12 @@ def _assert(condition: bool) -> None:
 
 
 def test_an_unanticipated_error_shows_its_traceback_with_the_version_and_run_dir(world, tmp_path, caplog, monkeypatch):
-    import clipforget.api
+    import clipforget.app.api
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(clipforget.api, "forget", broken)
+    monkeypatch.setattr(clipforget.app.api, "forget", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(forget_argv(world, tmp_path / "run"))
     assert f"clipforget {clipforget.__version__} failed unexpectedly (run directory {tmp_path / 'run'})" in caplog.text
@@ -466,7 +466,7 @@ def test_an_unanticipated_error_shows_its_traceback_with_the_version_and_run_dir
 
 def test_a_choice_that_met_no_forget_target_is_flagged(tiny_models):
     from clipforget.methods.core import clone_model
-    from clipforget.pipeline import result_warnings
+    from clipforget.app.runner import result_warnings
 
     changed = clone_model(tiny_models)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 from synthetic import build_tiny_scenario
 
 from clipforget.audit import AuditConfig
-from clipforget.cli import main
+from clipforget.app.cli import main
 from clipforget.data import build_scenario, load_scenario_config
 from clipforget.data.locations import DataNotFoundError
 from clipforget.models import load_model
@@ -90,7 +90,7 @@ def test_listing_imports_no_model_code():
     import subprocess
     import sys
 
-    code = ("import sys; from clipforget.cli import main; main(['methods']); main(['scenarios']); "
+    code = ("import sys; from clipforget.app.cli import main; main(['methods']); main(['scenarios']); "
             "heavy = sorted({'torch', 'open_clip', 'transformers', 'timm', 'matplotlib'} & set(sys.modules)); "
             "assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
@@ -106,7 +106,7 @@ def test_version(capsys):
 
 
 def test_every_option_of_every_command_has_help_and_the_model_grammar_is_shown():
-    from clipforget.cli import _parser
+    from clipforget.app.cli import _parser
 
     parser = _parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
@@ -128,7 +128,7 @@ def test_config_prints_the_full_default_that_config_reads_back(method, capsys, t
     cls = AuditConfig if method == "audit" else get_method(method).config_class
     assert cls.from_yaml(path) == cls()
     if method != "audit":
-        from clipforget.pipeline import resolve_method_config
+        from clipforget.app.runner import resolve_method_config
 
         assert resolve_method_config(method, path) == cls(), "what --config reads"
 

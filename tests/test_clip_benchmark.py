@@ -18,7 +18,7 @@ from tiny import register_tiny_openclip
 
 pytest.importorskip("clip_benchmark", reason="the clip_benchmark package is not installed: pip install 'clipforget[benchmark]'")
 
-from clipforget.cli import main  # noqa: E402
+from clipforget.app.cli import main  # noqa: E402
 from clipforget.data.sources import SourceConfig, open_source  # noqa: E402
 from clipforget.models import load_model  # noqa: E402
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clipforget.bench import parse_variant
+from clipforget.app.bench import parse_variant
 from clipforget.config import ConfigError, load_yaml
 from clipforget.methods import get_method
 

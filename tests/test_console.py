@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from clipforget.cli import configure_logging
+from clipforget.app.cli import configure_logging
 from clipforget.progress import progress
 
 
@@ -47,7 +47,7 @@ def test_the_cli_prints_clipforgets_info_and_only_other_libraries_warnings(capsy
     try:
         configure_logging()
         configure_logging()  # a second call replaces, never doubles
-        logging.getLogger("clipforget.pipeline").info("ours speaks")
+        logging.getLogger("clipforget.app.runner").info("ours speaks")
         logging.info("a library's root-level info")  # noqa: LOG015 - open_clip does this; it must not install basicConfig
         logging.getLogger("open_clip").info("a library's info")
         logging.getLogger("open_clip").warning("a library's warning")

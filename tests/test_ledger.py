@@ -14,13 +14,13 @@ import yaml
 from synthetic import build_tiny_scenario, tiny_scenario_dict, write_image, write_manifest
 
 from clipforget.audit import AuditConfig
-from clipforget.cli import main
-from clipforget.ledger import LEDGER_FILE, Ledger, LedgerError, read_ledger, write_ledger
+from clipforget.app.cli import main
+from clipforget.app.ledger import LEDGER_FILE, Ledger, LedgerError, read_ledger, write_ledger
 from clipforget.methods import get_method
 from clipforget.methods.ours import RestoreConfig
 from clipforget.methods.scoring import Forgotten, forgotten_accuracy, make_score_fn
 from clipforget.models import load_model
-from clipforget.pipeline import run_forget
+from clipforget.app.runner import run_forget
 
 SMOKE = dataclasses.replace(get_method("ours-paper").smoke_config(), restore=RestoreConfig(grid=(1.0,)))  # every stage; weights change
 AUDIT = AuditConfig(parts=("names", "search"), templates=("a photo of a {}.", "itap of a {}."))
@@ -198,7 +198,7 @@ def test_a_ledger_survives_save_and_load_on_every_backend(tiny_models, tmp_path)
 
 def test_the_souping_endpoint_of_a_second_request_is_the_model_as_received(first_run, base, scenarios, tmp_path):
     """alpha = 0 of the second request gives back the first request's weights, not the base model's."""
-    from clipforget.pipeline import same_weights
+    from clipforget.app.runner import same_weights
 
     received = f"openclip:local-dir:{first_run / 'model'}"
     only_endpoint = dataclasses.replace(SMOKE, restore=RestoreConfig(grid=(0.0,)))
@@ -208,7 +208,7 @@ def test_the_souping_endpoint_of_a_second_request_is_the_model_as_received(first
 
 
 def test_one_run_forgets_two_scenarios_at_once_and_ledgers_both(base, scenarios, tmp_path):
-    from clipforget.together import run_forget_together
+    from clipforget.app.together import run_forget_together
 
     out = tmp_path / "both"
     config = get_method("ours").smoke_config()

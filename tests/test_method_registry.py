@@ -118,7 +118,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(model):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "docs" / "examples" / "methods").glob("*.yaml")))
 def test_every_shipped_method_config_is_valid(path):
-    from clipforget.pipeline import resolve_method_config
+    from clipforget.app.runner import resolve_method_config
 
     name = path.stem.split("-")[0]  # ours-<variant>.yaml configures "ours"
     config = resolve_method_config(name, path)

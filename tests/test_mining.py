@@ -11,10 +11,10 @@ import torch
 import yaml
 from synthetic import write_image, write_manifest
 
-from clipforget.cli import main
+from clipforget.app.cli import main
 from clipforget.config import ConfigError
 from clipforget.data import build_scenario
-from clipforget.mined_scenario import mine_scenario
+from clipforget.app.mined_scenario import mine_scenario
 from clipforget.mining import MineConfig, compare_with_truth, held_for_test, mine_sets
 
 SMALL = MineConfig(forget_count=4, retain_per_class=4, calibration_per_class=4, guard=0.25, contrast=())
@@ -143,7 +143,7 @@ def test_the_cli_mines_and_reports_precision_and_recall(pool, tmp_path, capsys, 
     assert len(errors) == 1 and "'horse' is not in the label space" in errors[0]
     assert main([*argv[:-1], str(tmp_path / "k.yaml"), "--forget-count", "3"]) == 0  # the flag the errors name
     assert json.loads((tmp_path / "k.mining.json").read_text())["comparison"]["mined"] == 3
-    from clipforget.cli import _mine_config
+    from clipforget.app.cli import _mine_config
 
     assert _mine_config(None, "label", 2) == MineConfig(forget_rule="label", forget_count=2)
     assert _mine_config(str(config), None, None) == str(config)

@@ -11,7 +11,7 @@ from synthetic import build_tiny_scenario
 
 from clipforget.data import build_scenario, load_images, load_scenario_config, open_sources
 from clipforget.models import load_model
-from clipforget.pipeline import run_forget
+from clipforget.app.runner import run_forget
 from clipforget.zeroshot import build_zero_shot_classifier
 
 

@@ -13,13 +13,13 @@ import yaml
 from synthetic import build_tiny_scenario
 
 from clipforget.audit import AuditConfig
-from clipforget.bench import run_bench
-from clipforget.cli import main
+from clipforget.app.bench import run_bench
+from clipforget.app.cli import main
 from clipforget.config import ConfigError
 from clipforget.methods import get_method
 from clipforget.models import load_model
-from clipforget.pipeline import run_forget
-from clipforget.rundir import ResumeError
+from clipforget.app.runner import run_forget
+from clipforget.app.rundir import ResumeError
 
 SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 AUDIT = AuditConfig(templates=("a photo of a {}.", "itap of a {}."), relearn_steps=(1, 2))  # seconds on tiny models
@@ -152,7 +152,7 @@ def test_every_run_is_audited_into_audit_json_and_the_report(saved_rn, scenario,
 
 
 def test_the_audit_runs_in_the_methods_view_on_prefix_activations(saved_rn, scenario, tmp_path):
-    from clipforget.pipeline import prepare, run_method
+    from clipforget.app.runner import prepare, run_method
 
     prepared = prepare(saved_rn, scenario)
     run_method(prepared, tmp_path / "run", method="ours", config=SMOKE.with_overrides(["use_souping=false"]),
@@ -175,7 +175,7 @@ def test_cli_refuses_bad_overrides(saved_rn, scenario, tmp_path, override, messa
 
 def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_model(saved_rn, scenario, tmp_path):
     from clipforget.evaluation import evaluate_scenario
-    from clipforget.pipeline import prepare, run_method
+    from clipforget.app.runner import prepare, run_method
 
     prepared = prepare(saved_rn, scenario)
     config = SMOKE.with_overrides(["use_souping=false"])  # souping may rightly pick the original here
@@ -226,7 +226,7 @@ def test_bench_runs_config_variants_as_their_own_rows(saved_rn, scenario, tmp_pa
                                              ("ours[anchor.words=a*b?]", "ours+anchor.words=a_b_"),
                                              ("my method*", "my_method_")])
 def test_bench_folder_names_need_no_quoting(variant, folder):
-    from clipforget.bench import folder_name
+    from clipforget.app.bench import folder_name
 
     assert folder_name(variant) == folder
 
@@ -252,7 +252,7 @@ def test_bench_keeps_the_models_it_is_told_to(saved_rn, scenario, tmp_path, poli
 
 def test_bench_resumes_a_bench_written_before_run_markers(saved_rn, scenario, tmp_path):
     """A bench folder of a clipforget without markers (report.html and bench.json included) is still a bench."""
-    from clipforget.rundir import LOCK, MARKER
+    from clipforget.app.rundir import LOCK, MARKER
 
     args = {"out": tmp_path, "methods": ["ours"], "configs": {"ours": SMOKE}, "audit": False}
     run_bench(saved_rn, [str(scenario)], **args)

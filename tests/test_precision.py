@@ -14,9 +14,9 @@ from test_method_stages import make_data
 from clipforget.methods import TrainConfig, get_method, train_loop
 from clipforget.methods.scoring import forget_progress
 from clipforget.models import load_model
-from clipforget.pipeline import run_forget
+from clipforget.app.runner import run_forget
 from clipforget.precision import autocast, resolve_precision
-from clipforget.rundir import ResumeError
+from clipforget.app.rundir import ResumeError
 
 # the paper's forget stage by gradient, long enough to move: the stage whose behaviour precision could change
 FORGET_ONLY = ["use_souping=false", "use_remind=false", "forget.train.steps=40", "forget.train.lr=1e-3", "forget.delta=-0.5"]

@@ -18,11 +18,11 @@ from synthetic import build_tiny_scenario
 
 from clipforget.audit import AuditConfig
 from clipforget.methods import get_method
-from clipforget.modelcard import loader_code
+from clipforget.app.modelcard import loader_code
 from clipforget.models import load_model
-from clipforget.pipeline import run_forget
-from clipforget.report import write_report
-from clipforget.report_html import RunFiles, run_warnings
+from clipforget.app.runner import run_forget
+from clipforget.app.report import write_report
+from clipforget.app.report_html import RunFiles, run_warnings
 
 SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 AUDIT = AuditConfig(templates=("a photo of a {}.",), relearn_steps=(1,))

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_bad_input import World, _snapshot, forget_argv
 from test_bad_input import world as world  # noqa: F401 - the shared fixture
 
-from clipforget.cli import main
+from clipforget.app.cli import main
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -31,7 +31,7 @@ import torch
 torch.set_num_threads(1)
 mode, stage, ready, go, *argv = sys.argv[1:]
 import clipforget.methods.ours as ours
-import clipforget.pipeline as pipeline
+import clipforget.app.runner as pipeline
 real_stage, real_report = ours.run_stage, pipeline.write_report
 
 def hook():
@@ -56,7 +56,7 @@ def write_report(run_dir):
     return real_report(run_dir)
 
 ours.run_stage, pipeline.write_report = run_stage, write_report
-from clipforget.cli import main
+from clipforget.app.cli import main
 sys.exit(main(argv))
 """
 

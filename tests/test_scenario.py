@@ -26,7 +26,7 @@ from clipforget.data.scenario import (
 )
 from clipforget.data.sources import FASHION_MNIST_DIR, OPENCLIPART_DIR
 from clipforget.data.types import ScenarioSplits
-from clipforget.testbed.names import PHOTO_TEMPLATES
+from clipforget.app.testbed.names import PHOTO_TEMPLATES
 
 PUBLIC = ["cifar10-cat", "clipart-bird", "fmnist-sneaker", "springer-in-dog"]
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"

@@ -10,11 +10,11 @@ import pytest
 import torch
 from synthetic import build_tiny_scenario
 
-from clipforget.cli import main
+from clipforget.app.cli import main
 from clipforget.config import ConfigError
 from clipforget.data import StreamedImages, Streaming, build_scenario, load_images, load_scenario_config, open_sources
 from clipforget.models import load_model
-from clipforget.pipeline import images_digest, load_scenario_images, run_forget
+from clipforget.app.runner import images_digest, load_scenario_images, run_forget
 from clipforget import zeroshot
 
 AUDIT = {"templates": ["a photo of a {}.", "itap of a {}."], "relearn_steps": [1, 2]}

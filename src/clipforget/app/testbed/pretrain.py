@@ -12,7 +12,7 @@
    - an anchor pulling the heads towards the bridge (squared distance relative to each head's
      bridge weight norm).
 
-Command line: ``python -m clipforget.testbed.pretrain --out DIR [--seed N]`` writes ``DIR/heads.safetensors``,
+Command line: ``python -m clipforget.app.testbed.pretrain --out DIR [--seed N]`` writes ``DIR/heads.safetensors``,
 ``DIR/testbed.json`` (loadable as model id ``testbed@DIR``) and ``DIR/pretrain.json`` (config, metrics).
 """
 
@@ -40,9 +40,9 @@ from clipforget.models.testbed import (
     load_package_image_tower,
     save_heads,
 )
-from clipforget.testbed.bridge import bridge_heads, ridge_holdout_top1
-from clipforget.testbed.features import image_features, text_features
-from clipforget.testbed.names import (
+from clipforget.app.testbed.bridge import bridge_heads, ridge_holdout_top1
+from clipforget.app.testbed.features import image_features, text_features
+from clipforget.app.testbed.names import (
     BRIDGE_TEMPLATE,
     ImageSet,
     imagenet_classnames,
@@ -224,7 +224,7 @@ def write_pretrained(model: TestbedModel, summary: dict, out: str | Path) -> Pat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m clipforget.testbed.pretrain", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m clipforget.app.testbed.pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder for heads.safetensors, testbed.json, pretrain.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="PretrainConfig overrides, e.g. steps=200")

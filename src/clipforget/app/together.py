@@ -8,7 +8,7 @@ refused with the way out (the requests one after another, each continuing the le
 
 Run directory layout (every file written atomically)::
 
-    .clipforget-run.json, .clipforget.lock   as for a single run (:mod:`clipforget.rundir`)
+    .clipforget-run.json, .clipforget.lock   as for a single run (:mod:`clipforget.app.rundir`)
     config.yaml        the resolved run config; ``scenario`` lists every request in order
     run.json           versions, git commit, seed, timings, status
     metrics.json       per scenario: the original's and the unlearned figures and the Score; the edit;
@@ -32,21 +32,21 @@ from typing import Any
 
 import yaml
 
-from clipforget import ledger as ledgers
+from clipforget.app import ledger as ledgers
 from clipforget import parallel
 from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
 from clipforget.data import Streaming, load_scenario_config, open_sources
 from clipforget.evaluation import evaluate_scenario
-from clipforget.examples import write_sets
+from clipforget.app.examples import write_sets
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods.base import WeightChoice
 from clipforget.methods.ours import forget_together, joins_requests
 from clipforget.metrics import paper_score
 from clipforget.models import check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
-from clipforget.pipeline import (
+from clipforget.app.runner import (
     ForgetResult,
     brief_metrics,
     headline_metrics,
@@ -58,8 +58,8 @@ from clipforget.pipeline import (
     same_weights,
 )
 from clipforget.precision import autocast, resolve_precision
-from clipforget.rundir import check_output_dir, open_run_dir
-from clipforget.runinfo import Timer, git_commit, package_versions
+from clipforget.app.rundir import check_output_dir, open_run_dir
+from clipforget.app.runinfo import Timer, git_commit, package_versions
 
 log = logging.getLogger(__name__)
 

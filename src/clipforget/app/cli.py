@@ -1,6 +1,6 @@
 """The ``clipforget`` command. ``main(argv)`` takes a list so tests call the real CLI.
 
-Each sub-command parses its flags and calls one function of :mod:`clipforget.api`; nothing else.
+Each sub-command parses its flags and calls one function of :mod:`clipforget.app.api`; nothing else.
 Listing methods, scenarios and configs imports no model code, so it answers at once.
 Exit codes: 0 done; 2 bad input, reported as one line naming the problem and the fix; 3 a
 questionable result under ``forget --strict``. An unanticipated error shows its traceback, after a
@@ -263,7 +263,7 @@ def _print_config(name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command in ("scenarios", "methods"):
-        from clipforget import catalog
+        from clipforget.app import catalog
 
         print("\n".join(catalog.scenario_lines() if args.command == "scenarios" else catalog.method_lines()))
         return 0
@@ -300,11 +300,11 @@ def _run(args: argparse.Namespace) -> int:
         from clipforget.models import check_device
 
         check_device(args.device)
-    from clipforget import api
+    from clipforget.app import api
 
     if args.command == "eval":
         if args.out:
-            from clipforget.rundir import check_output_file
+            from clipforget.app.rundir import check_output_file
 
             check_output_file(args.out)
         metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size,

@@ -125,8 +125,8 @@ def plot_alpha(curve: Sequence[Mapping[str, float]], chosen: float | None, path:
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.md``, ``report.html``, plots/ and the model card (``model/README.md``, when the
     run saved its model) from the JSON files of a finished run directory; returns report.html."""
-    from clipforget.modelcard import write_model_card
-    from clipforget.report_html import RunFiles, run_warnings, write_run_html
+    from clipforget.app.modelcard import write_model_card
+    from clipforget.app.report_html import RunFiles, run_warnings, write_run_html
 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -1,6 +1,6 @@
 """Measured quality of a testbed: zero-shot top-1 beside a linear probe on the same frozen features.
 
-``python -m clipforget.testbed.evaluate [--model testbed|testbed@DIR]`` prints a Markdown table. Test
+``python -m clipforget.app.testbed.evaluate [--model testbed|testbed@DIR]`` prints a Markdown table. Test
 images are never used by pretraining: CIFAR-10 (JPEG copy) and Fashion-MNIST test subsets
 (``--test-per-class``, hash-selected) and the 500 clean Imagenette photos (``ILSVRC2012_val_*``). The
 probe (multinomial logistic regression on standardised 1280-d tower features, L2 chosen on a 20%
@@ -20,8 +20,8 @@ from torch import Tensor
 
 from clipforget.models import load_model
 from clipforget.models.testbed import TestbedModel, load_package_image_tower
-from clipforget.testbed.features import image_features
-from clipforget.testbed.names import (
+from clipforget.app.testbed.features import image_features
+from clipforget.app.testbed.names import (
     PHOTO_TEMPLATES,
     ImageSet,
     imagenet_classnames,
@@ -202,7 +202,7 @@ def markdown(rows: Sequence[dict], model: TestbedModel) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m clipforget.testbed.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m clipforget.app.testbed.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="testbed", help="model id: 'testbed' (shipped heads) or 'testbed@DIR'")
     p.add_argument("--train-per-class", type=int, default=200, help="probe training images per class")
     p.add_argument("--test-per-class", type=int, default=100, help="CIFAR-10 / Fashion-MNIST test images per class")

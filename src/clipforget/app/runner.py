@@ -17,7 +17,7 @@ Run directory layout (every file written atomically)::
     audit.json         the forgetting audit (:mod:`clipforget.audit`), unless switched off
     model/             the unlearned weights in the backend's own layout, with a model card (README.md)
                        and the ledger of every request applied to them (clipforget_ledger.json, see
-                       :mod:`clipforget.ledger`); absent when the run was told not to save them
+                       :mod:`clipforget.app.ledger`); absent when the run was told not to save them
     ledger_check.json  when the model came with a ledger: each earlier subgroup re-checked (Target and
                        worst-prompt Target under the model as received and the new one), and those
                        whose data is not reachable here
@@ -25,7 +25,7 @@ Run directory layout (every file written atomically)::
 
 A run resumes only where its key matches: the resolved config, the scenario's fingerprint, a digest
 of its images and of the model's weights, the checksum of the model's ledger, and the clipforget
-version (:mod:`clipforget.rundir`).
+version (:mod:`clipforget.app.rundir`).
 
 A model that clipforget already unlearned carries a ledger; the run continues it: the model as
 received is the teacher and the souping endpoint (as for any model), every earlier subgroup whose
@@ -70,14 +70,14 @@ from clipforget.evaluation import (
     evaluate_scenario,
     label_indices,
 )
-from clipforget.examples import write_sets
+from clipforget.app.examples import write_sets
 from clipforget.io import (
     atomic_save_safetensors,
     atomic_write_json,
     atomic_write_text,
     sha256_file,
 )
-from clipforget import ledger as ledgers
+from clipforget.app import ledger as ledgers
 from clipforget import parallel
 from clipforget.methods import get_method
 from clipforget.methods.base import MethodResult, UnlearnData
@@ -85,9 +85,9 @@ from clipforget.metrics import ScenarioMetrics, paper_score
 from clipforget.models import DualEncoder, check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.precision import autocast, resolve_precision
-from clipforget.report import write_report
-from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir
-from clipforget.runinfo import Timer, git_commit, package_versions
+from clipforget.app.report import write_report
+from clipforget.app.rundir import RESTART_HINT, ResumeError, check_output_dir, open_run_dir
+from clipforget.app.runinfo import Timer, git_commit, package_versions
 from clipforget.zeroshot import state_dict_digest
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class DiskStore:
 
     The JSON is written last and records the tensor file's sha256 (``stage_file``), so a stage
     counts as finished only when both files are complete; on load a missing or changed tensor file
-    raises :class:`clipforget.rundir.ResumeError` (it is never read as "the stage changed nothing").
+    raises :class:`clipforget.app.rundir.ResumeError` (it is never read as "the stage changed nothing").
     """
 
     def __init__(self, directory: str | Path, *, read_only: bool = False):

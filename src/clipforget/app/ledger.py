@@ -77,7 +77,7 @@ def weights_digest(model: DualEncoder) -> str:
 
 def ledger_path(model_id: str) -> Path | None:
     """The ledger file of the folder a model id reads, if it has one."""
-    from clipforget.rundir import checkpoint_paths
+    from clipforget.app.rundir import checkpoint_paths
 
     for p in checkpoint_paths(model_id):
         folder = p if p.is_dir() else p.parent

@@ -1,7 +1,7 @@
 """The benchmark runner: every method on every scenario and seed, same splits, same evaluation.
 
 Layout under ``out``: ``runs/<scenario>/<method>/seed<k>/`` (one run directory per cell, as written
-by :func:`clipforget.pipeline.run_method`, plus ``bench.json`` naming the cell), ``results.csv``,
+by :func:`clipforget.app.runner.run_method`, plus ``bench.json`` naming the cell), ``results.csv``,
 ``results.json``, ``table.md`` and ``report.html``. Folder names carry no shell glob or quoting
 characters: a variant ``ours[use_lora=false,select.top_k=4]`` lives in ``ours+use_lora=false+select.top_k=4``.
 A finished cell (its ``run.json`` says so) whose resume key is this run's is never redone, so a killed
@@ -111,22 +111,22 @@ def run_bench(
 
     ``methods`` are registered names, optionally with overrides as ``name[field=value,...]`` (an
     ablation is a variant); ``configs`` maps a method name to its base config (or YAML file);
-    ``audit`` as for :func:`clipforget.pipeline.run_method` (every cell is audited by default);
+    ``audit`` as for :func:`clipforget.app.runner.run_method` (every cell is audited by default);
     ``save_models`` one of :data:`SAVE_MODELS`; ``restart`` redoes the cells whose stored stages
     or results belong to another run (else such a cell is refused); ``precision`` and ``streaming`` as
-    for :func:`clipforget.pipeline.run_forget`.
+    for :func:`clipforget.app.runner.run_forget`.
     """
     if save_models not in SAVE_MODELS:
         raise ValueError(f"save_models {save_models!r}: choose one of {', '.join(SAVE_MODELS)}")
     from clipforget.data import load_scenario_config
-    from clipforget.pipeline import (
+    from clipforget.app.runner import (
         prepare,
         resolve_audit_config,
         resolve_method_config,
         run_config,
         run_method,
     )
-    from clipforget.rundir import RESTART_HINT, ResumeError, check_output_dir, describe_key_change, open_bench_dir, same_key, stored_key
+    from clipforget.app.rundir import RESTART_HINT, ResumeError, check_output_dir, describe_key_change, open_bench_dir, same_key, stored_key
 
     audit = resolve_audit_config(audit)
     precision = resolve_precision(precision, device)
@@ -203,8 +203,8 @@ def run_bench(
 def _keep_best_model(scenario_dir: Path) -> None:
     """Remove the model folder of every finished cell under ``scenario_dir`` but the best-scoring one
     (holding each cell's lock while it changes, as a run would)."""
-    from clipforget.report import write_report
-    from clipforget.rundir import lock_dir
+    from clipforget.app.report import write_report
+    from clipforget.app.rundir import lock_dir
 
     cells = [c for c in (m.parent for m in scenario_dir.glob("*/seed*/metrics.json")) if _finished(c)]
     best = max(cells, key=lambda c: json.loads((c / "metrics.json").read_text())["score"])
@@ -340,6 +340,6 @@ def write_tables(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_json(out / "results.json", list(rows))
     atomic_write_text(out / "table.md", markdown_table(rows))
-    from clipforget.report_html import write_bench_html
+    from clipforget.app.report_html import write_bench_html
 
     write_bench_html(out, rows)

@@ -29,7 +29,7 @@ from clipforget.metrics import ScenarioMetrics
 from clipforget.io import atomic_write_json
 from clipforget.models import DualEncoder, load_model
 from clipforget.models.prefix import FrozenImagePrefix
-from clipforget.pipeline import (
+from clipforget.app.runner import (
     AuditSetting,
     ForgetResult,
     load_scenario_images,
@@ -37,8 +37,8 @@ from clipforget.pipeline import (
     resolve_audit_config,
     run_forget,
 )
-from clipforget.report import write_audit_report
-from clipforget.rundir import check_writable, refuse_overlap
+from clipforget.app.report import write_audit_report
+from clipforget.app.rundir import check_writable, refuse_overlap
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def forget(model: str, scenario: str | Path, *, out: str | Path, method: str = "
 
 
 def forget_together(model: str, scenarios, *, out: str | Path, method: str = "ours", **kwargs):
-    """Forget every scenario's subgroup in one run (:mod:`clipforget.together`); one ForgetResult per scenario."""
-    from clipforget.together import run_forget_together
+    """Forget every scenario's subgroup in one run (:mod:`clipforget.app.together`); one ForgetResult per scenario."""
+    from clipforget.app.together import run_forget_together
 
     return run_forget_together(model, scenarios, out, method=method, **kwargs)
 
@@ -70,9 +70,9 @@ def forget_together(model: str, scenarios, *, out: str | Path, method: str = "ou
 def mine(model: str | DualEncoder, pool: str | Path, query: str, label: str, *, out: str | Path,
          aliases=(), classnames=None, templates=None, truth: str | None = None, config=None, seed: int = 0,
          device: str = "cpu", batch_size: int = 64):
-    """Mine a scenario YAML from an unlabeled ``pool`` and a description (:mod:`clipforget.mined_scenario`);
-    returns its :class:`clipforget.mined_scenario.MineResult` (paths written, counts, precision / recall)."""
-    from clipforget.mined_scenario import DEFAULT_TEMPLATES, mine_scenario
+    """Mine a scenario YAML from an unlabeled ``pool`` and a description (:mod:`clipforget.app.mined_scenario`);
+    returns its :class:`clipforget.app.mined_scenario.MineResult` (paths written, counts, precision / recall)."""
+    from clipforget.app.mined_scenario import DEFAULT_TEMPLATES, mine_scenario
     from clipforget.mining import MineConfig
 
     if isinstance(config, (str, Path)):
@@ -89,15 +89,15 @@ def mine(model: str | DualEncoder, pool: str | Path, query: str, label: str, *, 
 
 
 def read_ledger(model: str, *, device: str = "cpu"):
-    """The requests clipforget applied to a saved model (:class:`clipforget.ledger.Ledger`), checked against its weights."""
-    from clipforget.ledger import read_ledger as _read
+    """The requests clipforget applied to a saved model (:class:`clipforget.app.ledger.Ledger`), checked against its weights."""
+    from clipforget.app.ledger import read_ledger as _read
 
     return _read(model, load_model(model, device=device))
 
 
 def bench(model: str, scenarios, *, out: str | Path, methods=None, seeds=(0,), **kwargs) -> str:
     """Every method on every scenario and seed (resumable); returns the Markdown table."""
-    from clipforget.bench import run_bench
+    from clipforget.app.bench import run_bench
 
     return run_bench(model, scenarios, out=out, methods=methods, seeds=seeds, **kwargs)
 
@@ -111,7 +111,7 @@ def audit(model: str, original: str, scenario: str | Path, *, out: str | Path, s
     Images are preprocessed once per preprocessing (twice only when the two models differ in it).
     ``image_prefix`` ("auto": the backend's default) runs both models from that image stage on, on
     activations computed once, when the two agree on every weight and buffer before it; else whole images.
-    ``precision``, ``streaming``: as for :func:`clipforget.pipeline.run_forget`.
+    ``precision``, ``streaming``: as for :func:`clipforget.app.runner.run_forget`.
     """
     from clipforget.precision import autocast, resolve_precision
 

@@ -1,13 +1,13 @@
 """The HTML report's figures that the Markdown report does not draw: where the forgotten images went,
 the loss curves of each stage, the bench's scores. Each returns PNG bytes; values are written on the
-bars (see :func:`clipforget.report.label_bars`)."""
+bars (see :func:`clipforget.app.report.label_bars`)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
 
-from clipforget.report import label_bars
+from clipforget.app.report import label_bars
 
 
 def _pyplot():

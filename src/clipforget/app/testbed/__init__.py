@@ -3,6 +3,6 @@
 - :mod:`.names`: ImageNet class names (from the timm wheel), the pretraining/evaluation image sets.
 - :mod:`.features`: frozen-tower features, cached on disk by a content hash.
 - :mod:`.bridge`: the text -> classifier ridge bridge that initialises the heads (pure tensors).
-- :mod:`.pretrain`: contrastive training of the heads (``python -m clipforget.testbed.pretrain``).
-- :mod:`.evaluate`: zero-shot vs linear-probe table (``python -m clipforget.testbed.evaluate``).
+- :mod:`.pretrain`: contrastive training of the heads (``python -m clipforget.app.testbed.pretrain``).
+- :mod:`.evaluate`: zero-shot vs linear-probe table (``python -m clipforget.app.testbed.evaluate``).
 """

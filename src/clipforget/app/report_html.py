@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from clipforget import __version__, figures
+from clipforget import __version__
+from clipforget.app import figures
 from clipforget.io import atomic_write_text
-from clipforget.report import audit_rows
+from clipforget.app.report import audit_rows
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #1d2330;
@@ -454,7 +455,7 @@ def write_run_html(run_dir: str | Path) -> Path:
 def write_bench_html(out: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """``report.html`` of a bench: per scenario its table (as table.md), a figure, each cell's warnings,
     and a link to each cell's own report."""
-    from clipforget.bench import scenario_tables
+    from clipforget.app.bench import scenario_tables
 
     out = Path(out)
     body = ["<h1>clipforget bench</h1>",
