@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clipforget.io import (
+    atomic_replace_dir,
     atomic_save_safetensors,
     atomic_write_bytes,
     atomic_write_dir,
@@ -54,3 +55,19 @@ def test_every_backends_saved_folder_is_readable_by_the_group(tiny_models, tmp_p
         os.umask(old)
     for p in [tmp_path / "model", *(tmp_path / "model").rglob("*")]:
         assert _mode(p) & 0o040, f"{p.relative_to(tmp_path)} has mode {oct(_mode(p))}"
+
+
+def test_atomic_replace_dir_swaps_the_whole_folder_and_keeps_the_old_one_on_error(tmp_path):
+    target = tmp_path / "tower"
+    atomic_replace_dir(target, lambda d: (d / "a.txt").write_text("first"))
+    atomic_replace_dir(target, lambda d: (d / "b.txt").write_text("second"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced, not merged
+
+    def fails(d):
+        (d / "half.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_replace_dir(target, fails)
+    assert (target / "b.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tower"]  # no temporary folder left behind

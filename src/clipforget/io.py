@@ -105,6 +105,27 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def atomic_replace_dir(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Make ``directory`` exactly what ``write(tmp_dir)`` puts in a temporary sibling, by renames only:
+    a reader sees the old folder or the new one, never half of one. An existing folder is moved aside
+    and removed once the new one is in place; on any error nothing of the new one remains."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = make_temp_dir(directory.parent, f".{directory.name}.")
+    old = directory.parent / f".{directory.name}.old"
+    try:
+        write(tmp)
+        apply_umask(tmp)
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
 def atomic_write_dir(directory: str | Path, write: Callable[[Path], None], last: Sequence[str] = ()) -> Path:
     """Fill ``directory`` through ``write(tmp_dir)`` so that no reader sees a half-written file.
 

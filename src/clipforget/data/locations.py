@@ -13,11 +13,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
-from clipforget.io import make_temp_dir, sha256_file
+from clipforget.io import atomic_replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,11 @@ def extract_archive(archive: Path, sha256: str, cache: Path | None = None) -> Pa
                 "version: replace it with the one described in shared/data/README.md"
             )
         log.info("extracting %s into %s (once)", archive, target)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp = make_temp_dir(cache, f".{target.name}.")
-        try:
+
+        def extract(tmp: Path) -> None:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+
+        atomic_replace_dir(target, extract)
         (target / _MARKER).write_text(sha256 + "\n")
     return target

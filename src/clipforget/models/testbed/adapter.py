@@ -4,14 +4,12 @@ towers, shipped or saved heads), encoding, and saving in its own plain layout.""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
 
-from clipforget.io import apply_umask, atomic_save_safetensors, make_temp_dir
+from clipforget.io import atomic_replace_dir, atomic_save_safetensors
 from clipforget.models.base import (
     DualEncoder,
     ImageProjection,
@@ -162,21 +160,11 @@ class TestbedModel(DualEncoder):
         directory.mkdir(parents=True, exist_ok=True)
         net = self.model
         atomic_save_safetensors(net.image_tower.state_dict(), directory / IMAGE_TOWER_FILE)
-        tmp = make_temp_dir(directory, f".{TEXT_TOWER_DIR}.")
-        try:
+
+        def write_text_tower(tmp: Path) -> None:
             net.text_tower.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-            apply_umask(tmp)
-            final = directory / TEXT_TOWER_DIR
-            if final.exists():
-                old = directory / f".{TEXT_TOWER_DIR}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        atomic_replace_dir(directory / TEXT_TOWER_DIR, write_text_tower)
         return save_heads(net, self.config, directory)
 
