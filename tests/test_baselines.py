@@ -1,4 +1,5 @@
-"""Every registered method (the baselines and ours) on the tiny models, plus behaviour checks of a few."""
+"""What individual baselines do, on the tiny open_clip RN (every method through the one interface:
+tests/test_method_registry.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from test_method_stages import make_data
 
-from clipforget.methods import get_method, list_methods
+from clipforget.methods import get_method
 from clipforget.methods.baselines.common import clip_logits, text_heads, tower_params
 from clipforget.methods.baselines.finetuning import SalUnConfig, saliency_masks
 from clipforget.methods.baselines.weightspace import SSD, TaskVectorConfig, dampen
@@ -16,36 +17,6 @@ from clipforget.methods.scoring import split_forget
 from clipforget.methods.training import TrainConfig
 from clipforget.models import DualEncoder
 from clipforget.zeroshot import build_zero_shot_classifier
-
-
-def weights(model: DualEncoder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.weights().items()}
-
-
-def chose_original(diagnostics: dict) -> bool:
-    """Whether a method recorded that it chose the original weights (baselines; ours' souping alpha 0)."""
-    if "unlearn" in diagnostics:
-        return diagnostics["unlearn"]["chose_original"]
-    return diagnostics.get("restore", {}).get("choice", {}).get("alpha") == 0.0
-
-
-def run(name: str, model: DualEncoder, config=None, seed: int = 0):
-    method = get_method(name)
-    return method.run(model, make_data(), config or method.smoke_config(), seed=seed)
-
-
-@pytest.mark.parametrize("name", list_methods())
-def test_method_runs_deterministically_into_the_same_architecture(name, tiny_models):
-    before = weights(tiny_models)
-    first, second = run(name, tiny_models, seed=1), run(name, tiny_models, seed=1)
-    after = weights(first.model)
-    assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
-    assert all(torch.equal(v, tiny_models.weights()[k]) for k, v in before.items()), "the input model changed"
-    assert all(torch.equal(v, second.model.weights()[k]) for k, v in after.items()), "same seed, different weights"
-    changed = any(not torch.equal(after[k], v) for k, v in before.items())
-    assert changed or chose_original(first.diagnostics), "nothing changed and no choice of the original was recorded"
-    if "unlearn" in first.diagnostics:  # a baseline: the record is exact and candidates were scored
-        assert changed != chose_original(first.diagnostics) and first.diagnostics["unlearn"]["curve"]
 
 
 # -- behaviour on the tiny open_clip RN --------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Every registered method, run end to end through the one interface on tiny random models."""
+"""Every registered method (ours, ours-paper and every baseline), run end to end through the one
+interface on every tiny random model: the same architecture out, the input untouched, a change or a
+recorded choice of the original, bit-identical under a seed, resumable stage by stage."""
 
 from __future__ import annotations
 
@@ -63,8 +65,19 @@ def test_method_unlearns_into_the_same_architecture_and_leaves_the_input_alone(n
     result = run(name, model)
     after = result.model.weights()
     assert list(after) == list(before) and all(after[k].shape == v.shape for k, v in before.items())
-    assert all(torch.equal(v, model.weights()[k]) for k, v in before.items())
+    assert all(torch.equal(v, model.weights()[k]) for k, v in before.items()), "the input model changed"
     assert result.model is not model and result.diagnostics
+    changed = any(not torch.equal(after[k], v) for k, v in before.items())
+    assert changed or chose_original(result.diagnostics), "nothing changed and no choice of the original was recorded"
+    if "unlearn" in result.diagnostics:  # a baseline: the record is exact and candidates were scored
+        assert changed != chose_original(result.diagnostics) and result.diagnostics["unlearn"]["curve"]
+
+
+def chose_original(diagnostics: dict) -> bool:
+    """Whether a method recorded that it chose the original weights (baselines; ours' souping alpha 0)."""
+    if "unlearn" in diagnostics:
+        return diagnostics["unlearn"]["chose_original"]
+    return diagnostics.get("restore", {}).get("choice", {}).get("alpha") == 0.0
 
 
 @pytest.mark.parametrize("name", list_methods())
