@@ -293,3 +293,11 @@ def _rounded(x):
     if isinstance(x, list):
         return [_rounded(v) for v in x]
     return x
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "docs" / "examples" / "audit").glob("*.yaml")))
+def test_every_shipped_audit_config_is_valid(path):
+    from clipforget.app.runner import resolve_audit_config
+
+    config = resolve_audit_config(str(path))
+    assert isinstance(config, AuditConfig) and config != AuditConfig(), f"{path.name} changes nothing"
