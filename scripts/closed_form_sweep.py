@@ -4,7 +4,7 @@
 
 Each JSON object holds ForgetConfig fields (``target=project`` and ``solver=closed_form`` are implied;
 ``self_names``/``self_name_min`` pick the names as the method does). The edit is the library's own
-(:func:`clipforget.methods.forget.closed_form_edit`) on the run's 80% of D_f for the seed; images are
+(:func:`clipforget.methods.edit.closed_form_edit`) on the run's 80% of D_f for the seed; images are
 reduced once to the projection's inputs, so each edit is scored in seconds: Target, Retain, each
 held-out set, the paper's Score, and the audit's worst-prompt Target and search share (the audit's
 aliases and template sets; no relearning, no souping). What it cannot see: the restore stage's alpha,
@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from clipforget.audit import _gallery_sets, _renamed_classifiers, retrieval, template_set
 from clipforget.methods.core import clone_model
-from clipforget.methods.forget import ForgetConfig, closed_form_edit
+from clipforget.methods.edit import closed_form_edit
+from clipforget.methods.forget import ForgetConfig
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.scoring import split_forget
 from clipforget.metrics import ScenarioMetrics, paper_score

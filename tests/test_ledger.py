@@ -17,7 +17,7 @@ from clipforget.audit import AuditConfig
 from clipforget.app.cli import main
 from clipforget.app.ledger import LEDGER_FILE, Ledger, LedgerError, read_ledger, write_ledger
 from clipforget.methods import get_method
-from clipforget.methods.ours import RestoreConfig
+from clipforget.methods.restore import RestoreConfig
 from clipforget.methods.scoring import Forgotten, forgotten_accuracy, make_score_fn
 from clipforget.models import load_model
 from clipforget.app.runner import run_forget

@@ -24,16 +24,9 @@ from clipforget.methods.fisher import (
     fisher_scores,
     top_layers,
 )
-from clipforget.methods.forget import (
-    ForgetConfig,
-    ForgetObjective,
-    closed_form_edit,
-    forget_directions,
-    forget_progress,
-    forget_stage,
-    projected_targets,
-)
-from clipforget.methods.losses import embed_images, forget_class_loss
+from clipforget.methods.edit import closed_form_edit, forget_directions
+from clipforget.methods.forget import ForgetConfig, ForgetObjective, forget_progress, forget_stage
+from clipforget.methods.losses import embed_images, forget_class_loss, projected_targets
 from clipforget.zeroshot import class_head
 from clipforget.methods.remind import RemindConfig, distillation_gap, remind_stage
 from clipforget.models import DualEncoder, load_model, projection_inputs

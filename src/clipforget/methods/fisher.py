@@ -8,11 +8,12 @@ samples (the text embeddings are computed once and their graph kept).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -147,3 +148,22 @@ def fisher_scores(
 def top_layers(scores: dict[str, float], k: int) -> list[str]:
     """The ``k`` highest-scoring layers (ties broken by name, so the choice is deterministic)."""
     return [name for name, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the select stage chose: the tuned ``layers`` and their parameter names (``params``), the
+    per-layer Fisher ``scores`` (``{"forget"|"retain"|"relative": {layer: score}}``; empty when no
+    selection ran) and the ``forget_names`` the original model gives the subgroup (``[{name, p}]``)."""
+
+    layers: list[str]
+    params: list[str]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    forget_names: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Selection:
+        return cls(list(data["layers"]), list(data["params"]), dict(data.get("scores", {})), list(data.get("forget_names", [])))

@@ -71,3 +71,16 @@ def embed_images(model: DualEncoder, images: Tensor, batch_size: int = 128) -> T
     """Normalised image embeddings without gradient (:func:`~clipforget.zeroshot.compute_image_embeddings`,
     quietly), on the model's device."""
     return compute_image_embeddings(model, images, batch_size=batch_size, progress=False).to(model.device)
+
+
+def basis(directions: Tensor) -> Tensor:
+    """An orthonormal basis (columns) of the rows of ``directions``, dropping near-dependent ones."""
+    u, s, _ = torch.linalg.svd(directions.T, full_matrices=False)
+    return u[:, s > 1e-4 * s[0]]
+
+
+def projected_targets(embeddings: Tensor, directions: Tensor, overshoot: float = 0.0) -> Tensor:
+    """``normalize(e - (1 + overshoot) Q Qᵀ e)`` for each row ``e`` of ``embeddings``; ``Q`` spans ``directions``."""
+    q = basis(directions.float())
+    e = embeddings.float()
+    return F.normalize(e - (1 + overshoot) * (e @ q) @ q.T, dim=-1).to(embeddings.dtype)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from clipforget.config import Config, ConfigError, require
+from clipforget.config import Config, ConfigError
 from clipforget.methods.adapters import AdapterConfig, Tuning
 from clipforget.methods.align import AlignConfig, align_images, norm_targets
 from clipforget.methods.anchor import AnchorConfig, TextAnchor
@@ -23,7 +23,6 @@ from clipforget.methods.base import (
     Method,
     MethodResult,
     MethodRun,
-    ScoreFn,
     StateDict,
     register_method,
     run_stage,
@@ -31,131 +30,24 @@ from clipforget.methods.base import (
 )
 from clipforget.methods.fisher import (
     SelectConfig,
+    Selection,
     candidate_layers,
     fisher_scores,
     top_layers,
 )
 from clipforget.methods.core import UnlearnData, clone_model
-from clipforget.methods.forget import (
-    ForgetConfig,
-    apply_edit,
-    closed_form_edit,
-    edit_terms,
-    forget_progress,
-    forget_stage,
-    projection_parameters,
-    solve_edit,
-)
+from clipforget.methods.edit import apply_edit, closed_form_edit, edit_terms, projection_parameters, solve_edit
+from clipforget.methods.forget import ForgetConfig, forget_progress, forget_stage
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.scoring import split_forget
 from clipforget.methods.remind import RemindConfig, remind_stage
-from clipforget.methods.souping import (
-    SoupChoice,
-    greedy_soup,
-    search_alpha,
-    weighted_soup,
-)
+from clipforget.methods.restore import RESTORE_MODES, RestoreConfig, RestoreInputs
 from clipforget.methods.training import TrainConfig
 from clipforget.models.base import DualEncoder
 
 log = logging.getLogger(__name__)
 STAGES = ("select", "forget", "remind", "restore")
-
-
-@dataclass(frozen=True)
-class RestoreConfig(Config):
-    """The souping stage.
-
-    mode: "interpolate" (grid search over alpha), "greedy" (greedy soup of original, forget-stage
-        and reminded weights) or "fisher" (per-layer Fisher-weighted average of original and
-        unlearned: retain Fisher pulls toward the original, forget Fisher toward the unlearned).
-    grid: the alpha values tried by "interpolate" (0: original, 1: unlearned).
-    The forget target and the held-out part of D_f that check each alpha are the run's
-    (:class:`clipforget.methods.base.WeightChoice`), the same for every method.
-    tolerance: take the smallest feasible alpha whose utility is within this of the best feasible
-        utility (0: the best, which can pick an alpha that loses held-out sets calibration cannot see).
-    pick: which feasible alpha within ``tolerance`` of the best utility: "edge", the smallest one with
-        ``margin`` feasible grid steps before it, or "center", the one farthest in grid steps from any
-        infeasible alpha.
-    margin: see ``pick``. The smallest feasible alpha sits where the holdout's 20 images first reach
-        the target; unseen subgroup images cross that edge a little later.
-    The rule and its values (edge, margin 3, tolerance 0.03) and the measurements behind them:
-    docs/decisions.md, "Defaults of the paper's stages".
-    """
-
-    mode: Literal["interpolate", "greedy", "fisher"] = "interpolate"
-    grid: tuple[float, ...] = tuple(i / 20 for i in range(21))
-    tolerance: float = 0.03
-    pick: Literal["center", "edge"] = "edge"
-    margin: int = 3
-
-    def __post_init__(self) -> None:
-        require(bool(self.grid) and all(0 <= a <= 1 for a in self.grid), f"grid must be non-empty values in [0, 1], got {self.grid}")
-        require(0 <= self.tolerance <= 1, f"tolerance must be in [0, 1], got {self.tolerance}")
-        require(self.pick in ("center", "edge"), f"pick must be 'center' or 'edge', got {self.pick!r}")
-        require(self.margin >= 0, f"margin must be >= 0 grid steps, got {self.margin}")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What the select stage chose: the tuned ``layers`` and their parameter names (``params``), the
-    per-layer Fisher ``scores`` (``{"forget"|"retain"|"relative": {layer: score}}``; empty when no
-    selection ran) and the ``forget_names`` the original model gives the subgroup (``[{name, p}]``)."""
-
-    layers: list[str]
-    params: list[str]
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    forget_names: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Selection:
-        return cls(list(data["layers"]), list(data["params"]), dict(data.get("scores", {})), list(data.get("forget_names", [])))
-
-
-@dataclass(frozen=True)
-class RestoreInputs:
-    """What every restore mode reads: the original, forget-stage and current (unlearned) weights, the
-    selection, the run's scoring function and forget target."""
-
-    config: RestoreConfig
-    original: StateDict
-    after_forget: StateDict
-    unlearned: StateDict
-    selection: Selection
-    layers: dict[str, list[str]]
-    score_fn: ScoreFn
-    forget_target: float
-
-
-def _restore_interpolate(x: RestoreInputs) -> SoupChoice:
-    """Grid search over α between the original and the unlearned weights."""
-    c = x.config
-    return search_alpha(x.original, x.unlearned, x.score_fn, sorted(c.grid), x.forget_target, c.tolerance, c.pick, c.margin)
-
-
-def _restore_greedy(x: RestoreInputs) -> SoupChoice:
-    """Greedy soup of the unlearned, the forget-stage and the original weights."""
-    return greedy_soup([x.unlearned, {**x.original, **x.after_forget}, x.original], x.score_fn, x.forget_target)
-
-
-def _restore_fisher(x: RestoreInputs) -> SoupChoice:
-    """Per-layer Fisher-weighted average: retain Fisher pulls toward the original, forget Fisher toward the unlearned."""
-    layer_of = {p: layer for layer in x.selection.layers for p in x.layers[layer]}
-    scores = x.selection.scores
-    w_orig = {k: scores["retain"][layer_of[k]] if k in layer_of else 1.0 for k in x.original}
-    w_unl = {k: scores["forget"][layer_of[k]] if k in layer_of else 1.0 for k in x.original}
-    soup = weighted_soup([x.original, x.unlearned], [w_orig, w_unl])
-    utility, forget_acc = x.score_fn(soup)
-    return SoupChoice(soup, [], {"utility": float(utility), "forget_acc": float(forget_acc)})
-
-
-#: ``restore.mode`` -> the function that makes the soup.
-RESTORE_MODES: dict[str, Callable[[RestoreInputs], SoupChoice]] = {
-    "interpolate": _restore_interpolate, "greedy": _restore_greedy, "fisher": _restore_fisher}
 
 
 def image_side_forget() -> ForgetConfig:
@@ -350,7 +242,7 @@ def forget_together(requests: Sequence[tuple[DualEncoder, UnlearnData]], config:
 
     ``requests``: per request the model as received in that request's view (every view of the same
     weights and frozen prefix) and its task. Each request holds out ``holdout`` of its D_f as a single
-    run does, takes its own self-names and adds its own terms (:func:`clipforget.methods.forget.edit_terms`);
+    run does, takes its own self-names and adds its own terms (:func:`clipforget.methods.edit.edit_terms`);
     one solve over their sum edits a clone of the first model. ``keep``: images (earlier requests' D_f,
     in the same view) whose outputs stay in place. Returns the edited clone and, per request, what the
     edit did to its held-out forget images.
