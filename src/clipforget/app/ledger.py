@@ -203,7 +203,7 @@ def recheck(received: DualEncoder, unlearned: DualEncoder, earlier: EarlierReque
 
     from clipforget.audit import AuditConfig
     from clipforget.audit import audit as run_audit
-    from clipforget.audit import _label_target
+    from clipforget.audit import label_target
     from clipforget.evaluation import LabelledImages, ScenarioImages
 
     config = dataclasses.replace(audit_config or AuditConfig(), parts=("names",))
@@ -215,7 +215,7 @@ def recheck(received: DualEncoder, unlearned: DualEncoder, earlier: EarlierReque
                                 s.classnames, s.templates)
         images = ScenarioImages(r.forget_images, empty, empty, target, empty, {})
         names = run_audit(received, unlearned, s, images, config, seed=seed, tuned=()).parts["names"]
-        figures = {"target": {side: _label_target(m, r.target_images, s, config.batch_size)
+        figures = {"target": {side: label_target(m, r.target_images, s, config.batch_size)
                               for side, m in (("received", received), ("unlearned", unlearned))},
                    "target_worst": {"received": names["target_worst"]["original"],
                                     "unlearned": names["target_worst"]["unlearned"]}}
