@@ -97,6 +97,18 @@ def test_listing_imports_no_model_code():
     assert out.returncode == 0, out.stderr
 
 
+def test_a_reader_that_closes_the_pipe_early_ends_the_listing_quietly():
+    import subprocess
+    import sys
+
+    # `clipforget methods | head -0`: the reader closes the pipe before the listing is written
+    listing = subprocess.Popen([sys.executable, "-m", "clipforget", "methods"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    listing.stdout.close()
+    stderr = listing.stderr.read().decode()
+    assert listing.wait(timeout=60) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
 def test_version(capsys):
     from clipforget import __version__
 

@@ -23,6 +23,7 @@ from clipforget.config import ConfigError
 log = logging.getLogger("clipforget")
 
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 EXIT_QUESTIONABLE = 3
 
 MODEL_IDS = """\
@@ -261,11 +262,21 @@ def _print_config(name: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``clipforget`` command; its exit status. A reader that closes the pipe early (``| head``)
+    ends the command quietly, as other Unix tools do."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command in ("scenarios", "methods"):
         from clipforget.app import catalog
 
-        print("\n".join(catalog.scenario_lines() if args.command == "scenarios" else catalog.method_lines()))
+        print("\n".join(catalog.scenario_lines() if args.command == "scenarios" else catalog.method_lines()), flush=True)
         return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # Hugging Face's bar per checkpoint load is noise here
     loggers = configure_logging(getattr(args, "verbose", False))
