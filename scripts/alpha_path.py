@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from clipforget.evaluation import evaluate_scenario
 from clipforget.methods.core import clone_model
 from clipforget.methods.souping import interpolate
-from clipforget.app.runner import prepare
+from clipforget.app.prepare import prepare
 
 
 def main() -> None:

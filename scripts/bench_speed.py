@@ -126,7 +126,8 @@ def evaluation(tmp: Path) -> str:
 def full_run(scenario: str) -> list[str]:
     from clipforget.data import build_scenario, load_scenario_config, open_sources
     from clipforget.models import load_model
-    from clipforget.app.runner import load_scenario_images, run_forget
+    from clipforget.app.prepare import load_scenario_images
+    from clipforget.app.runner import run_forget
     from clipforget.zeroshot import build_zero_shot_classifier, compute_image_embeddings
 
     with tempfile.TemporaryDirectory() as out:

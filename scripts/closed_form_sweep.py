@@ -28,7 +28,7 @@ from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.scoring import split_forget
 from clipforget.metrics import ScenarioMetrics, paper_score
 from clipforget.models import projection_inputs
-from clipforget.app.runner import prepare
+from clipforget.app.prepare import prepare
 from clipforget.zeroshot import build_zero_shot_classifier
 
 

@@ -25,7 +25,7 @@ from clipforget.methods.base import clone_model
 from clipforget.methods.souping import interpolate, pick_alpha
 from clipforget.metrics import paper_score
 from clipforget.evaluation import evaluate_scenario
-from clipforget.app.runner import prepare
+from clipforget.app.prepare import prepare
 
 RULES = {  # name -> (rule, tolerance, margin)
     "edge, tolerance 0.01": ("edge", 0.01, 0),

@@ -22,7 +22,7 @@ from clipforget.audit import AuditConfig, audit, auc_interval, changed_parameter
 from clipforget.config import ConfigError
 from clipforget.evaluation import evaluate_scenario
 from clipforget.models.base import DualEncoder, ModelSpec, TextBatch, normalize
-from clipforget.app.runner import prepare
+from clipforget.app.prepare import prepare
 
 ALIASES = ["springer", "English springer"]
 FAST = AuditConfig(relearn_steps=(2, 5))
@@ -270,7 +270,7 @@ def test_the_statistics_on_known_inputs():
 def test_the_audit_on_a_frozen_prefix_view_equals_whole_images(prepared):
     """The pipeline audits on prefix activations (testbed): the figures must be those of whole images."""
     from clipforget.models.prefix import FrozenImagePrefix
-    from clipforget.app.runner import map_images
+    from clipforget.app.prepare import map_images
 
     model = prepared.model
     edited = copy.deepcopy(model)

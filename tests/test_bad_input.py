@@ -466,7 +466,7 @@ def test_an_unanticipated_error_shows_its_traceback_with_the_version_and_run_dir
 
 def test_a_choice_that_met_no_forget_target_is_flagged(tiny_models):
     from clipforget.methods.core import clone_model
-    from clipforget.app.runner import result_warnings
+    from clipforget.app.checks import result_warnings
 
     changed = clone_model(tiny_models)
     with torch.no_grad():

@@ -198,7 +198,7 @@ def test_a_ledger_survives_save_and_load_on_every_backend(tiny_models, tmp_path)
 
 def test_the_souping_endpoint_of_a_second_request_is_the_model_as_received(first_run, base, scenarios, tmp_path):
     """alpha = 0 of the second request gives back the first request's weights, not the base model's."""
-    from clipforget.app.runner import same_weights
+    from clipforget.app.checks import same_weights
 
     received = f"openclip:local-dir:{first_run / 'model'}"
     only_endpoint = dataclasses.replace(SMOKE, restore=RestoreConfig(grid=(0.0,)))

@@ -152,7 +152,8 @@ def test_every_run_is_audited_into_audit_json_and_the_report(saved_rn, scenario,
 
 
 def test_the_audit_runs_in_the_methods_view_on_prefix_activations(saved_rn, scenario, tmp_path):
-    from clipforget.app.runner import prepare, run_method
+    from clipforget.app.prepare import prepare
+    from clipforget.app.runner import run_method
 
     prepared = prepare(saved_rn, scenario)
     run_method(prepared, tmp_path / "run", method="ours", config=SMOKE.with_overrides(["use_souping=false"]),
@@ -175,7 +176,8 @@ def test_cli_refuses_bad_overrides(saved_rn, scenario, tmp_path, override, messa
 
 def test_a_frozen_image_prefix_trains_only_the_tail_and_scores_like_the_whole_model(saved_rn, scenario, tmp_path):
     from clipforget.evaluation import evaluate_scenario
-    from clipforget.app.runner import prepare, run_method
+    from clipforget.app.prepare import prepare
+    from clipforget.app.runner import run_method
 
     prepared = prepare(saved_rn, scenario)
     config = SMOKE.with_overrides(["use_souping=false"])  # souping may rightly pick the original here

@@ -14,7 +14,8 @@ from clipforget.app.cli import main
 from clipforget.config import ConfigError
 from clipforget.data import StreamedImages, Streaming, build_scenario, load_images, load_scenario_config, open_sources
 from clipforget.models import load_model
-from clipforget.app.runner import images_digest, load_scenario_images, run_forget
+from clipforget.app.prepare import images_digest, load_scenario_images
+from clipforget.app.runner import run_forget
 from clipforget import zeroshot
 
 AUDIT = {"templates": ["a photo of a {}.", "itap of a {}."], "relearn_steps": [1, 2]}

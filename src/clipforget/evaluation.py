@@ -1,7 +1,7 @@
 """Honest evaluation: one function scores any model on a scenario's Target, Retain and held-out sets.
 
 Images arrive already preprocessed (:class:`ScenarioImages`, built once per preprocessing by
-:func:`clipforget.app.runner.load_scenario_images`), so evaluating the original, the unlearned and every
+:func:`clipforget.app.prepare.load_scenario_images`), so evaluating the original, the unlearned and every
 souping candidate costs forward passes only; a held-out set too large for memory is streamed
 (:class:`~clipforget.data.StreamedImages`) and costs a read of its files at each pass.
 """

@@ -29,14 +29,8 @@ from clipforget.metrics import ScenarioMetrics
 from clipforget.io import atomic_write_json
 from clipforget.models import DualEncoder, load_model
 from clipforget.models.prefix import FrozenImagePrefix
-from clipforget.app.runner import (
-    AuditSetting,
-    ForgetResult,
-    load_scenario_images,
-    map_images,
-    resolve_audit_config,
-    run_forget,
-)
+from clipforget.app.prepare import load_scenario_images, map_images
+from clipforget.app.runner import AuditSetting, ForgetResult, resolve_audit_config, run_forget
 from clipforget.app.report import write_audit_report
 from clipforget.app.rundir import check_writable, refuse_overlap
 

@@ -46,17 +46,9 @@ from clipforget.methods.ours import forget_together, joins_requests
 from clipforget.metrics import paper_score
 from clipforget.models import check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
-from clipforget.app.runner import (
-    ForgetResult,
-    brief_metrics,
-    headline_metrics,
-    prepare,
-    recheck_earlier,
-    resolve_audit_config,
-    resolve_method_config,
-    run_config,
-    same_weights,
-)
+from clipforget.app.checks import same_weights
+from clipforget.app.prepare import brief_metrics, headline_metrics, prepare
+from clipforget.app.runner import ForgetResult, recheck_earlier, resolve_audit_config, resolve_method_config, run_config
 from clipforget.precision import autocast, resolve_precision
 from clipforget.app.rundir import check_output_dir, open_run_dir
 from clipforget.app.runinfo import Timer, git_commit, package_versions
