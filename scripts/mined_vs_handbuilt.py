@@ -21,7 +21,7 @@ from pathlib import Path
 
 from clipforget.app import api
 from clipforget.audit import audit_summary
-from clipforget.app.bench import _finished
+from clipforget.app.bench_tables import finished
 from clipforget.io import atomic_write_json
 from clipforget.app.runner import run_forget
 
@@ -56,7 +56,7 @@ def run_request(out: Path, scenario: str, r: dict, seed: int) -> dict:
     stem = r["mined"].split("-")[0]
     runs = {"mined": out / f"{stem}-run", "hand-built": out / f"{stem}-handbuilt"}
     for kind, run in runs.items():
-        if not _finished(run):
+        if not finished(run):
             run_forget("testbed", mined_yaml if kind == "mined" else scenario, run, seed=seed)
     hand = runs["hand-built"]
     original = json.loads((hand / "metrics.json").read_text())["original"]

@@ -26,12 +26,13 @@ import torch
 
 from clipforget.audit import AuditConfig
 from clipforget.audit import audit as run_audit
-from clipforget.app.bench import _finished
+from clipforget.app.bench_tables import finished
 from clipforget.data import build_scenario, load_scenario_config, open_sources
 from clipforget.evaluation import evaluate_scenario
 from clipforget.io import atomic_write_json
 from clipforget.models import load_model
-from clipforget.app.runner import load_scenario_images, run_forget
+from clipforget.app.prepare import load_scenario_images
+from clipforget.app.runner import run_forget
 from clipforget.app.together import run_forget_together
 
 SCENARIOS = ("cifar10-cat", "fmnist-sneaker", "springer-in-dog")
@@ -44,12 +45,12 @@ def run_sequence(out: Path, scenarios, method: str, seed: int) -> list[tuple[str
     models, model_id = [("original", "testbed")], "testbed"
     for k, scenario in enumerate(scenarios, 1):
         run = out / f"{k}-{scenario}"
-        if not _finished(run):
+        if not finished(run):
             run_forget(model_id, scenario, run, method=method, seed=seed)
         model_id = f"testbed@{run / 'model'}"
         models.append((f"after {k} ({scenario})", model_id))
     together = out / "together"
-    if not _finished(together):
+    if not finished(together):
         run_forget_together("testbed", list(scenarios), together, method=method, seed=seed)
     models.append(("all at once", f"testbed@{together / 'model'}"))
     return models

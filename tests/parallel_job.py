@@ -9,7 +9,8 @@ from pathlib import Path
 
 from clipforget import parallel
 from clipforget.app import api
-from clipforget.app.bench import collect, run_bench
+from clipforget.app.bench import run_bench
+from clipforget.app.bench_tables import collect
 from clipforget.app.cli import configure_logging
 from clipforget.data import Streaming
 from clipforget.app.runner import run_forget
