@@ -118,7 +118,7 @@ def test_version(capsys):
 
 
 def test_every_option_of_every_command_has_help_and_the_model_grammar_is_shown():
-    from clipforget.app.cli import _parser
+    from clipforget.app.cli_flags import build_parser as _parser
 
     parser = _parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices

@@ -11,7 +11,7 @@ turns its pieces into runs a user starts and reads:
 - :mod:`.bench`: methods x scenarios x seeds, resumable; :mod:`.bench_tables`: its tables.
 - :mod:`.report`, :mod:`.report_html` (with :mod:`.html`, :mod:`.runfiles`, :mod:`.report_sections`), :mod:`.figures`, :mod:`.examples`, :mod:`.modelcard`: what a
   run leaves for people to read; :mod:`.runinfo`, :mod:`.rundir`: what it leaves for resuming.
-- :mod:`.api` (``clipforget.forget`` and friends) and :mod:`.cli` (the ``clipforget`` command), with
+- :mod:`.api` (``clipforget.forget`` and friends) and :mod:`.cli` (the ``clipforget`` command; its flags in :mod:`.cli_flags`), with
   :mod:`.catalog` (method and scenario lines) and :mod:`.mined_scenario` (``clipforget mine``).
 - :mod:`.testbed`: the offline testbed's pretraining and evaluation tools.
 """
