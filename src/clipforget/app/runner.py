@@ -247,7 +247,7 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
         with timer("save"):
             result.model.save(out / "model")
     with precise():  # view.model is the original in the method's view (methods clone it)
-        audited = _write_audit(out, view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed, timer)
+        audited = write_audit(out, view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed, timer)
     if save_model:
         entry = ledgers.request_entry(
             model_id=prepared.model_id, scenario=prepared.scenario, splits=prepared.splits, method=method,
@@ -288,7 +288,7 @@ def _write_events(out: Path, diagnostics: Mapping[str, Mapping[str, Any]]) -> No
     atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
 
 
-def _write_audit(out: Path, original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
+def write_audit(out: Path, original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
                  images: ScenarioImages, audit_cfg: AuditConfig | None, seed: int, timer: Timer) -> AuditResult | None:
     """The audit into audit.json; switched off, no audit.json (never a stale one)."""
     if audit_cfg is None:

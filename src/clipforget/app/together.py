@@ -34,7 +34,6 @@ import yaml
 
 from clipforget.app import ledger as ledgers
 from clipforget import parallel
-from clipforget.audit import audit as run_audit
 from clipforget.audit import audit_summary
 from clipforget.config import Config, ConfigError
 from clipforget.data import Streaming, load_scenario_config, open_sources
@@ -48,7 +47,8 @@ from clipforget.models import check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.app.checks import same_weights
 from clipforget.app.prepare import brief_metrics, headline_metrics, prepare
-from clipforget.app.runner import ForgetResult, recheck_earlier, resolve_audit_config, resolve_method_config, run_config
+from clipforget.app.runner import (ForgetResult, recheck_earlier, resolve_audit_config, resolve_method_config, run_config,
+                                   write_audit)
 from clipforget.precision import autocast, resolve_precision
 from clipforget.app.rundir import check_output_dir, open_run_dir
 from clipforget.app.runinfo import Timer, git_commit, package_versions
@@ -133,20 +133,15 @@ def run_forget_together(
                 metrics = evaluate_scenario(student, p.splits, v.images, batch_size=batch_size)
             score = paper_score(metrics, p.original_metrics)
             log.info("%s: %s (Score %.1f)", p.scenario.name, brief_metrics(metrics), score)
-            audited = None
-            if audit_cfg is None:
-                (folder / "audit.json").unlink(missing_ok=True)
-            else:
-                with timer("audit"), autocast(precision, device):
-                    audited = run_audit(v.model, student, p.splits, v.images, audit_cfg, seed=seed).to_dict()
-                atomic_write_json(folder / "audit.json", audited)
+            with autocast(precision, device):
+                audited = write_audit(folder, v.model, student, p.splits, v.images, audit_cfg, seed, timer)
             write_sets(folder, p.splits, open_sources(p.scenario), seed=seed)
             headline = {"original": headline_metrics(p.original_metrics), "unlearned": headline_metrics(metrics)}
             per[p.scenario.name] = {"original": p.original_metrics.to_dict(), "unlearned": metrics.to_dict(), "score": score}
             ledger = ledger.extended(ledgers.request_entry(
                 model_id=model_id, scenario=p.scenario, splits=p.splits, method=method,
                 method_config={**method_cfg.to_dict(), "together_with": [n for n in names if n != p.scenario.name]},
-                seed=seed, metrics=headline, score=score, audit=None if audited is None else audit_summary(audited),
+                seed=seed, metrics=headline, score=score, audit=None if audited is None else audit_summary(audited.to_dict()),
                 recheck=rechecked))
             results.append(ForgetResult(out, unlearned, p.original_metrics, metrics, score, warnings))
         with timer("save"):
