@@ -56,6 +56,17 @@ from clipforget.app.runinfo import Timer, git_commit, package_versions
 log = logging.getLogger(__name__)
 
 
+
+def _joinable(method: str, method_cfg: Config, scenarios: Sequence[str | Path]) -> Config:
+    """``method_cfg`` when ``method`` with it can forget these scenarios in one edit; else one clear error."""
+    if len(scenarios) < 2:
+        raise ConfigError("forgetting together needs at least two scenarios; for one, run clipforget forget as usual")
+    if method not in ("ours",) or not joins_requests(method_cfg):
+        raise ConfigError(f"method {method!r} with this config cannot forget several scenarios in one run: only ours "
+                          "at its closed-form defaults (no remind, no souping) can; run the requests one after another "
+                          "(each continuing the model's ledger) instead")
+    return method_cfg
+
 def run_forget_together(
     model_id: str,
     scenarios: Sequence[str | Path],
@@ -75,13 +86,7 @@ def run_forget_together(
 ) -> list[ForgetResult]:
     """Forget every scenario's subgroup from ``model_id`` in one edit; one :class:`ForgetResult` per scenario
     (all sharing the one unlearned model and run directory)."""
-    if len(scenarios) < 2:
-        raise ConfigError("forgetting together needs at least two scenarios; for one, run clipforget forget as usual")
-    method_cfg = resolve_method_config(method, config, overrides)
-    if method not in ("ours",) or not joins_requests(method_cfg):
-        raise ConfigError(f"method {method!r} with this config cannot forget several scenarios in one run: only ours "
-                          "at its closed-form defaults (no remind, no souping) can; run the requests one after another "
-                          "(each continuing the model's ledger) instead")
+    method_cfg = _joinable(method, resolve_method_config(method, config, overrides), scenarios)
     audit_cfg = resolve_audit_config(audit)
     check_device(device)
     precision = resolve_precision(precision, device)
@@ -149,8 +154,7 @@ def run_forget_together(
         ledgers.write_ledger(out / "model", ledger, unlearned)
         for w in warnings:
             log.warning("%s", w)
-        edit_info = {k: v for k, v in edit.items() if k != "requests"}
-        edit_info["requests"] = {n: r for n, r in zip(names, edit["requests"])}
+        edit_info = {**{k: v for k, v in edit.items() if k != "requests"}, "requests": dict(zip(names, edit["requests"]))}
         atomic_write_json(out / "metrics.json", {"requests": per, "edit": edit_info, "warnings": warnings,
                                                  "weights_changed": not same_weights(model, unlearned)})
         info.update(unlearned_model=unlearned.saved_id(out / "model"), timings=timer.seconds,
