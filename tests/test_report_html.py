@@ -16,13 +16,13 @@ import pytest
 import torch
 from synthetic import build_tiny_scenario
 
+from clipforget.app.modelcard import loader_code
+from clipforget.app.report import write_report
+from clipforget.app.runfiles import RunFiles, run_warnings
+from clipforget.app.runner import run_forget
 from clipforget.audit import AuditConfig
 from clipforget.methods import get_method
-from clipforget.app.modelcard import loader_code
 from clipforget.models import load_model
-from clipforget.app.runner import run_forget
-from clipforget.app.report import write_report
-from clipforget.app.report_html import RunFiles, run_warnings
 
 SMOKE = get_method("ours-paper").smoke_config()  # every stage runs: select, forget, remind, restore
 AUDIT = AuditConfig(templates=("a photo of a {}.",), relearn_steps=(1,))

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipforget import parallel
 from clipforget.app.bench_tables import collect, finished, write_tables
@@ -28,6 +28,11 @@ from clipforget.data import Streaming
 from clipforget.io import atomic_write_json
 from clipforget.methods import get_method, list_methods
 from clipforget.precision import resolve_precision
+
+if TYPE_CHECKING:
+    from clipforget.app.prepare import Prepared
+    from clipforget.audit import AuditConfig
+    from clipforget.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +156,17 @@ class _Plan:
 
     out: Path
     variants: Mapping[str, tuple[str, list[str]]]  # bench name -> (registered name, overrides)
-    resolved: Mapping[str, Any]  # bench name -> its method config
+    resolved: Mapping[str, Config]  # bench name -> its method config
     device: str
     batch_size: int
     image_prefix: str | None
-    audit: Any
+    audit: AuditConfig | None
     save_models: str
     restart: bool
 
 
-def _resolve_variants(methods: Sequence[str], configs: Mapping[str, Any] | None) -> tuple[dict, dict]:
+def _resolve_variants(methods: Sequence[str], configs: Mapping[str, Any] | None
+                      ) -> tuple[dict[str, tuple[str, list[str]]], dict[str, Config]]:
     """Each method's (registered name, overrides) and resolved config; an unknown name, a bad config or
     two methods sharing a folder fail here, before any work."""
     from clipforget.app.runner import resolve_method_config
@@ -178,7 +184,7 @@ def _resolve_variants(methods: Sequence[str], configs: Mapping[str, Any] | None)
     return variants, resolved
 
 
-def _todo(plan: _Plan, prepared: Any, cells: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+def _todo(plan: _Plan, prepared: Prepared, cells: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     """The cells of one scenario still to run: not finished, or finished under another key with
     ``restart`` (without it, such a cell is refused)."""
     from clipforget.app.rundir import (
@@ -209,7 +215,7 @@ def _todo(plan: _Plan, prepared: Any, cells: Sequence[tuple[str, int]]) -> list[
     return todo
 
 
-def _run_cells(plan: _Plan, prepared: Any, cells: Sequence[tuple[str, int]], *, keep_best: bool) -> None:
+def _run_cells(plan: _Plan, prepared: Prepared, cells: Sequence[tuple[str, int]], *, keep_best: bool) -> None:
     """Run one scenario's unfinished cells on its prepared model and images."""
     from clipforget.app.runner import run_method
 

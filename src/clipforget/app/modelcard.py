@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from clipforget.app.runfiles import RunFiles, config_diff, run_warnings
 from clipforget.audit import audit_summary
 from clipforget.io import atomic_write_text
-from clipforget.app.report_html import RunFiles, config_diff, run_warnings
 
 LOADERS = {
     "open_clip": '''import open_clip, torch

@@ -126,7 +126,8 @@ def write_report(run_dir: str | Path) -> Path:
     """Build ``report.md``, ``report.html``, plots/ and the model card (``model/README.md``, when the
     run saved its model) from the JSON files of a finished run directory; returns report.html."""
     from clipforget.app.modelcard import write_model_card
-    from clipforget.app.report_html import RunFiles, run_warnings, write_run_html
+    from clipforget.app.report_html import write_run_html
+    from clipforget.app.runfiles import RunFiles, run_warnings
 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

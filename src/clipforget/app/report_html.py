@@ -23,10 +23,8 @@ from clipforget.app.report_sections import (
     results_section,
     stages_section,
 )
-from clipforget.app.runfiles import RunFiles, config_diff, run_warnings
+from clipforget.app.runfiles import RunFiles, run_warnings
 from clipforget.io import atomic_write_text
-
-__all__ = ["RunFiles", "config_diff", "run_warnings", "run_page", "write_bench_html", "write_run_html"]
 
 
 def run_page(run: RunFiles) -> str:
