@@ -20,7 +20,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from clipforget.audit import _gallery_sets, _renamed_classifiers, retrieval, template_set
+from clipforget.audit.config import template_set
+from clipforget.audit.measures import renamed_classifiers, retrieval
+from clipforget.audit.roads import gallery_sets
 from clipforget.methods.core import clone_model
 from clipforget.methods.edit import closed_form_edit
 from clipforget.methods.forget import ForgetConfig
@@ -53,8 +55,8 @@ def main() -> None:
     classifiers.update({f"heldout/{k}": build_zero_shot_classifier(base, v.classnames, v.templates) for k, v in images.heldout.items()})
     names = [splits.forget_label, *(a for a in splits.forget_aliases if a != splits.forget_label)]
     renamed = [c for t in (splits.templates, template_set("openai_imagenet"))
-               for c in _renamed_classifiers(base, splits.classnames, label, names, t, 64).values()]
-    keep = _gallery_sets(splits)
+               for c in renamed_classifiers(base, splits.classnames, label, names, t, 64).values()]
+    keep = gallery_sets(splits)
     subgroup = torch.cat([torch.full((len(v),), k == "target") for k, v in keep.items()])
     queries = build_zero_shot_classifier(base, list(dict.fromkeys([splits.forget_text, *(f"a photo of a {a}." for a in names[1:])])), ["{}"])
 

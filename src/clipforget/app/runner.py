@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import tempfile
 import time
@@ -54,14 +53,13 @@ from clipforget.app import ledger as ledgers
 from clipforget.app.checks import result_warnings, same_weights, target_warnings
 from clipforget.app.examples import write_sets
 from clipforget.app.prepare import Prepared, brief_metrics, headline_metrics, prepare
-from clipforget.app.report import write_report
 from clipforget.app.rundir import check_output_dir, open_run_dir
 from clipforget.app.runinfo import Timer, git_commit, package_versions
+from clipforget.app.runoutputs import finish, recheck_earlier, write_artifacts, write_audit, write_events
 from clipforget.app.store import DiskStore
-from clipforget.audit import AuditConfig, AuditResult, audit_summary
-from clipforget.audit import audit as run_audit
-from clipforget.config import Config, require
-from clipforget.data import ScenarioSplits, Streaming, open_sources
+from clipforget.audit import AuditConfig, audit_summary
+from clipforget.config import Config
+from clipforget.data import Streaming, open_sources
 from clipforget.evaluation import ScenarioImages, evaluate_scenario
 from clipforget.io import atomic_write_json, atomic_write_text
 from clipforget.methods import get_method
@@ -210,6 +208,20 @@ def run_method(prepared: Prepared, out: str | Path, *, method: str, config: Conf
             raise
 
 
+@dataclass
+class _Outcome:
+    """What a run computed before anything but its events is written."""
+
+    result: MethodResult
+    view_model: DualEncoder  # the original in the method's view (methods clone it)
+    unlearned_view: DualEncoder  # the result in the method's view
+    images: ScenarioImages
+    unlearned: ScenarioMetrics
+    score: float
+    warnings: list[str]
+    rechecked: list[dict[str, Any]]
+
+
 def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, config: Config, seed: int,
             batch_size: int, image_prefix: str | None, audit_cfg: AuditConfig | None, save_model: bool,
             store: DiskStore) -> ForgetResult:
@@ -218,14 +230,13 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     started = time.time()
     torch.manual_seed(seed)
     log.info("method %s, seed %d, into %s", method, seed, out)
-    original_metrics = prepared.original_metrics
     precise = functools.partial(autocast, prepared.precision, prepared.model.device)
     with timer("method"):
         view = prepared.training_view(image_prefix, batch_size=batch_size)
         with precise():
             result: MethodResult = get_method(method).run(view.model, view.data, config, store=store,
                                                           seed=seed, forgotten=view.forgotten)
-    _write_events(out, result.diagnostics)
+    write_events(out, result.diagnostics)
     log.info("scoring the unlearned model")
     with timer("evaluate_unlearned"), precise():
         unlearned_metrics = evaluate_scenario(result.model, prepared.splits, view.images, batch_size=batch_size)
@@ -233,96 +244,46 @@ def _run_in(out: Path, prepared: Prepared, info: dict[str, Any], method: str, co
     unlearned_view = result.model
     if isinstance(result.model, FrozenImagePrefix):
         result.model = result.model.unwrap()
-    score = paper_score(unlearned_metrics, original_metrics)
     warnings = result_warnings(prepared.model, result.model, result.diagnostics)
-    warnings += target_warnings(original_metrics, unlearned_metrics)
+    warnings += target_warnings(prepared.original_metrics, unlearned_metrics)
     with precise():
         rechecked = recheck_earlier(out, prepared, result.model, audit_cfg, seed, timer)
     warnings += ledgers.recheck_warnings(rechecked)
     for w in warnings:
         log.warning("%s", w)
-    _write_artifacts(out, result.artifacts)
+    outcome = _Outcome(result, view.model, unlearned_view, view.images, unlearned_metrics,
+                       paper_score(unlearned_metrics, prepared.original_metrics), warnings, rechecked)
+    with precise():
+        _write_outputs(out, prepared, method, config, seed, audit_cfg, save_model, outcome, timer)
+    report = finish(out, info, timer, result, time.time() - started,
+                    result.model.saved_id(out / "model") if save_model else None)
+    original = prepared.original_metrics
+    log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
+             prepared.scenario.name, seed, original.target, unlearned_metrics.target,
+             original.retain, unlearned_metrics.retain, outcome.score)
+    log.debug("report: %s", report)
+    return ForgetResult(out, result.model, original, unlearned_metrics, outcome.score, warnings)
+
+
+def _write_outputs(out: Path, prepared: Prepared, method: str, config: Config, seed: int,
+                   audit_cfg: AuditConfig | None, save_model: bool, outcome: _Outcome, timer: Timer) -> None:
+    """The method's artifacts, the sets, the model with its ledger, the audit and metrics.json."""
+    result, original = outcome.result, prepared.original_metrics
+    write_artifacts(out, result.artifacts)
     write_sets(out, prepared.splits, open_sources(prepared.scenario), seed=seed)
     if save_model:
         with timer("save"):
             result.model.save(out / "model")
-    with precise():  # view.model is the original in the method's view (methods clone it)
-        audited = write_audit(out, view.model, unlearned_view, prepared.splits, view.images, audit_cfg, seed, timer)
+    audited = write_audit(out, outcome.view_model, outcome.unlearned_view, prepared.splits, outcome.images, audit_cfg,
+                          seed, timer)
     if save_model:
         entry = ledgers.request_entry(
             model_id=prepared.model_id, scenario=prepared.scenario, splits=prepared.splits, method=method,
-            method_config=config.to_dict(), seed=seed, metrics={"original": headline_metrics(original_metrics),
-                                                                 "unlearned": headline_metrics(unlearned_metrics)},
-            score=score, audit=None if audited is None else audit_summary(audited.to_dict()), recheck=rechecked)
+            method_config=config.to_dict(), seed=seed, metrics={"original": headline_metrics(original),
+                                                                 "unlearned": headline_metrics(outcome.unlearned)},
+            score=outcome.score, audit=None if audited is None else audit_summary(audited.to_dict()),
+            recheck=outcome.rechecked)
         ledgers.write_ledger(out / "model", prepared.ledger.extended(entry), result.model)
-    atomic_write_json(out / "metrics.json", {"original": original_metrics.to_dict(),
-                                             "unlearned": unlearned_metrics.to_dict(), "score": score,
-                                             "warnings": warnings,
+    atomic_write_json(out / "metrics.json", {"original": original.to_dict(), "unlearned": outcome.unlearned.to_dict(),
+                                             "score": outcome.score, "warnings": outcome.warnings,
                                              "weights_changed": not same_weights(prepared.model, result.model)})
-    report = _finish(out, info, timer, result, time.time() - started,
-                     result.model.saved_id(out / "model") if save_model else None)
-    log.info("%s on %s, seed %d: Target %.1f -> %.1f, Retain %.1f -> %.1f, Score %.1f", method,
-             prepared.scenario.name, seed, original_metrics.target, unlearned_metrics.target,
-             original_metrics.retain, unlearned_metrics.retain, score)
-    log.debug("report: %s", report)
-    return ForgetResult(out, result.model, original_metrics, unlearned_metrics, score, warnings)
-
-
-def recheck_earlier(out: Path, prepared: Prepared, unlearned: DualEncoder, audit_cfg: AuditConfig | None, seed: int,
-                     timer: Timer) -> list[dict[str, Any]]:
-    """Re-check the earlier requests of the model's ledger into ledger_check.json (none: no file)."""
-    if not prepared.ledger.requests:
-        (out / "ledger_check.json").unlink(missing_ok=True)
-        return []
-    log.info("re-checking %d earlier forgotten subgroup(s)", len(prepared.earlier.reachable))
-    with timer("recheck"):
-        results = ledgers.recheck(prepared.model, unlearned, prepared.earlier, audit_cfg, seed=seed)
-    atomic_write_json(out / "ledger_check.json", {"rechecked": results, "unreachable": prepared.earlier.unreachable,
-                                                  "tolerance": ledgers.RECHECK_TOLERANCE})
-    return results
-
-
-def _write_events(out: Path, diagnostics: Mapping[str, Mapping[str, Any]]) -> None:
-    """events.jsonl: one line per stage with its diagnostics (the bulky layer scores left out)."""
-    events = [{"stage": stage, **{k: v for k, v in diag.items() if k != "scores"}} for stage, diag in diagnostics.items()]
-    atomic_write_text(out / "events.jsonl", "".join(json.dumps(e, sort_keys=True, default=str) + "\n" for e in events))
-
-
-def write_audit(out: Path, original: DualEncoder, unlearned: DualEncoder, splits: ScenarioSplits,
-                 images: ScenarioImages, audit_cfg: AuditConfig | None, seed: int, timer: Timer) -> AuditResult | None:
-    """The audit into audit.json; switched off, no audit.json (never a stale one)."""
-    if audit_cfg is None:
-        (out / "audit.json").unlink(missing_ok=True)
-        return None
-    log.info("audit: %s", ", ".join(audit_cfg.parts))
-    with timer("audit"):
-        audited = run_audit(original, unlearned, splits, images, audit_cfg, seed=seed)
-    atomic_write_json(out / "audit.json", audited.to_dict())
-    return audited
-
-
-def _finish(out: Path, info: dict[str, Any], timer: Timer, result: MethodResult, wall: float,
-            saved: str | None) -> Path:
-    """Record the timings in run.json, write the report, then mark the run finished (last: a run is
-    finished only once every output is written); the report's path."""
-    stage_times = _stage_times(result.diagnostics)
-    resumed = [k for k, v in result.diagnostics.items() if v.get("resumed")]  # their seconds are from the first attempt
-    info.update(unlearned_model=saved, timings={**timer.seconds, **stage_times},
-                wall_seconds=wall, resumed_stages=resumed,
-                compute_seconds=wall + sum(stage_times.get(f"stage/{k}", 0.0) for k in resumed))
-    atomic_write_json(out / "run.json", info)  # the report reads the timings
-    report = write_report(out)
-    info["status"] = "finished"
-    atomic_write_json(out / "run.json", info)
-    return report
-
-
-def _stage_times(diagnostics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    return {f"stage/{k}": float(v["seconds"]) for k, v in diagnostics.items() if isinstance(v.get("seconds"), (int, float))}
-
-
-def _write_artifacts(out: Path, artifacts: Mapping[str, Any]) -> None:
-    """Each artifact a method returned, as JSON under its own file name."""
-    for name, payload in artifacts.items():
-        require(Path(name).name == name and name.endswith(".json"), f"method artifact {name!r}: give a plain *.json file name")
-        atomic_write_json(out / name, payload)

@@ -47,8 +47,8 @@ from clipforget.models import check_device, load_model
 from clipforget.models.prefix import FrozenImagePrefix
 from clipforget.app.checks import same_weights
 from clipforget.app.prepare import brief_metrics, headline_metrics, prepare
-from clipforget.app.runner import (ForgetResult, recheck_earlier, resolve_audit_config, resolve_method_config, run_config,
-                                   write_audit)
+from clipforget.app.runner import ForgetResult, resolve_audit_config, resolve_method_config, run_config
+from clipforget.app.runoutputs import recheck_earlier, write_audit
 from clipforget.precision import autocast, resolve_precision
 from clipforget.app.rundir import check_output_dir, open_run_dir
 from clipforget.app.runinfo import Timer, git_commit, package_versions

@@ -114,7 +114,7 @@ def _fine_grained(ctx: Context) -> dict[str, Any]:
     return {"classes": len(names), "templates": list(templates), "aliases": shares}
 
 
-def _gallery_sets(splits: ScenarioSplits) -> dict[str, list[int]]:
+def gallery_sets(splits: ScenarioSplits) -> dict[str, list[int]]:
     """Per image set (target, retain, heldout/<name>): the indices kept in the gallery, duplicates dropped."""
     seen: set[tuple[str, str]] = set()
     sets = {"target": splits.target, "retain": splits.retain, **{f"heldout/{s.name}": s for s in splits.heldout}}
@@ -129,7 +129,7 @@ def _gallery_sets(splits: ScenarioSplits) -> dict[str, list[int]]:
 
 
 def _search(ctx: Context) -> dict[str, Any]:
-    keep = _gallery_sets(ctx.splits)
+    keep = gallery_sets(ctx.splits)
     subgroup = torch.cat([torch.full((len(v),), k == "target") for k, v in keep.items()])
     queries = list(dict.fromkeys([ctx.splits.forget_text, *(ctx.config.search_template.format(a) for a in ctx.aliases)]))
     rows: list[dict[str, Any]] = [{"query": q} for q in queries]

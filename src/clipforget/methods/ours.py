@@ -138,89 +138,119 @@ class Ours(Method):
         )
 
     def fit(self, run: MethodRun, config: OursConfig) -> MethodResult:
-        teacher, student, original, data, store, seed = run.teacher, run.student, run.original, run.data, run.store, run.seed
-        diagnostics: dict[str, dict[str, Any]] = {}
-
-        def select() -> tuple[dict[str, Any], StateDict]:
-            names = self_names(teacher, data, config.forget)
-            if names:
-                log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
-            if config.forget.solver == "closed_form" and not config.use_remind:
-                params = projection_parameters(student)
-                layers = sorted({layer for layer, owned in student.layers().items() if set(owned) & set(params)})
-                log.info("no layer selection: the closed-form edit changes only the image projection (%s) and no "
-                         "remind stage follows", ", ".join(params))
-                return Selection(layers, params, forget_names=names).to_dict(), {}
-            candidates = candidate_layers(student, config.select)
-            scores = fisher_scores(student, data, candidates, config.select, stage_generator(seed, "select"))
-            if config.use_relative_fisher:
-                layers = top_layers(scores.relative, config.select.top_k)
-            elif config.select.fallback == "forget_fisher":
-                layers = top_layers(scores.forget, config.select.top_k)
-            else:
-                layers = sorted(candidates)
-            params = sorted({p for layer in layers for p in candidates[layer]})
-            log.info("selected %d layers: %s", len(layers), ", ".join(layers))
-            return Selection(layers, params, scores.to_dict(), names).to_dict(), {}
-
-        diagnostics["select"] = run_stage(store, "select", student, select)
-        sel = Selection.from_dict(diagnostics["select"])
-        params = sel.params
-        forget_names = [n["name"] for n in sel.forget_names]
-
-        def anchor(stage: str) -> TextAnchor | None:
-            if config.anchor.weight == 0 or stage not in config.anchor.stages or not tunes_text(student, params):
-                return None
-            return TextAnchor(teacher, data, config.anchor, stage_generator(seed, f"anchor-{stage}"))
-
-        def forget() -> tuple[dict[str, Any], StateDict]:
-            if config.forget.solver == "closed_form":
-                info = closed_form_edit(student, data, config.forget, forget_names,
-                                        keep=[f.images for f in run.forgotten])  # earlier subgroups stay put
-                log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
-                return info, _state_of(student, params, original)
-            g = stage_generator(seed, "forget")
-            tune = Tuning(tuple(params), config.adapter, g, config.use_lora)
-            info = forget_stage(student, data, tune, config.forget, anchor=anchor("forget"), forget_names=forget_names)
-            return info, _state_of(student, params, original)
-
-        diagnostics["forget"] = run_stage(store, "forget", student, forget)
-        after_forget = _state_of(student, params, original)
-
-        def remind() -> tuple[dict[str, Any], StateDict]:
-            g = stage_generator(seed, "remind")
-            retain, info = data.retain_images, {}
-            targets = norm_targets(teacher, data.calibration_images) if config.use_alignment else None
-            if targets is not None:
-                retain, info["align"] = align_images(teacher, data.retain_images, targets, config.align, g)
-            elif config.use_alignment:
-                log.warning("alignment skipped: a LayerNorm image tower needs calibration images")
-            info["distill"] = remind_stage(
-                student, teacher, data, retain, Tuning(tuple(params), config.adapter, g, config.use_lora), config.distill,
-                config.forget, use_distillation=config.use_distillation, anchor=anchor("remind"), forget_names=forget_names,
-            )  # fmt: skip
-            return info, _state_of(student, params, original)
-
+        stages = _Stages(run, config)
+        diagnostics = {"select": run_stage(run.store, "select", run.student, stages.select)}
+        stages.selection = Selection.from_dict(diagnostics["select"])
+        diagnostics["forget"] = run_stage(run.store, "forget", run.student, stages.forget)
+        stages.after_forget = stages.changed()
         if config.use_remind:
-            diagnostics["remind"] = run_stage(store, "remind", student, remind)
-
-        def restore() -> tuple[dict[str, Any], StateDict]:
-            unlearned = {k: v.detach().clone() for k, v in student.weights().items()}
-            inputs = RestoreInputs(config.restore, original, after_forget, unlearned, sel, student.layers(), run.score_fn,
-                                   run.forget_target)
-            choice = RESTORE_MODES[config.restore.mode](inputs)
-            student.load_weights(choice.state)
-            return {"curve": choice.curve, "choice": choice.choice}, _state_of(student, params, original)
-
+            diagnostics["remind"] = run_stage(run.store, "remind", run.student, stages.remind)
         if config.use_souping:
-            diagnostics["restore"] = run_stage(store, "restore", student, restore)
-        artifacts = {}
-        if sel.scores:
-            artifacts["fisher.json"] = {**sel.scores, "selected": sel.layers}
-        if diagnostics.get("restore", {}).get("curve"):
-            artifacts["alpha_curve.json"] = {"curve": diagnostics["restore"]["curve"],
-                                             "chosen": diagnostics["restore"].get("choice", {}).get("alpha")}
-        return MethodResult(model=student, diagnostics=diagnostics, artifacts=artifacts)
+            diagnostics["restore"] = run_stage(run.store, "restore", run.student, stages.restore)
+        return MethodResult(model=run.student, diagnostics=diagnostics,
+                            artifacts=_artifacts(stages.selection, diagnostics.get("restore", {})))
+
+
+def _artifacts(selection: Selection, restore: dict[str, Any]) -> dict[str, Any]:
+    """The files a run of ``ours`` leaves beside its metrics: the Fisher scores and the alpha curve."""
+    artifacts = {}
+    if selection.scores:
+        artifacts["fisher.json"] = {**selection.scores, "selected": selection.layers}
+    if restore.get("curve"):
+        artifacts["alpha_curve.json"] = {"curve": restore["curve"], "chosen": restore.get("choice", {}).get("alpha")}
+    return artifacts
+
+
+class _Stages:
+    """The four stages of one run of ``ours``, each ``() -> (info, changed state)`` for :func:`run_stage`.
+
+    ``selection`` is set once the select stage has run (or resumed), ``after_forget`` once forget has.
+    """
+
+    def __init__(self, run: MethodRun, config: OursConfig) -> None:
+        self.run, self.config = run, config
+        self.selection: Selection | None = None
+        self.after_forget: StateDict = {}
+
+    @property
+    def params(self) -> list[str]:
+        return self.selection.params
+
+    @property
+    def forget_names(self) -> list[str]:
+        return [n["name"] for n in self.selection.forget_names]
+
+    def changed(self) -> StateDict:
+        return _state_of(self.run.student, self.params, self.run.original)
+
+    def _anchor(self, stage: str) -> TextAnchor | None:
+        config, student = self.config, self.run.student
+        if config.anchor.weight == 0 or stage not in config.anchor.stages or not tunes_text(student, self.params):
+            return None
+        return TextAnchor(self.run.teacher, self.run.data, config.anchor, stage_generator(self.run.seed, f"anchor-{stage}"))
+
+    def _tuning(self, stage: str) -> Tuning:
+        g = stage_generator(self.run.seed, stage)
+        return Tuning(tuple(self.params), self.config.adapter, g, self.config.use_lora)
+
+    def select(self) -> tuple[dict[str, Any], StateDict]:
+        run, config = self.run, self.config
+        student = run.student
+        names = self_names(run.teacher, run.data, config.forget)
+        if names:
+            log.info("the original model also calls the forget images: %s", ", ".join(n["name"] for n in names))
+        if config.forget.solver == "closed_form" and not config.use_remind:
+            params = projection_parameters(student)
+            layers = sorted({layer for layer, owned in student.layers().items() if set(owned) & set(params)})
+            log.info("no layer selection: the closed-form edit changes only the image projection (%s) and no "
+                     "remind stage follows", ", ".join(params))
+            return Selection(layers, params, forget_names=names).to_dict(), {}
+        candidates = candidate_layers(student, config.select)
+        scores = fisher_scores(student, run.data, candidates, config.select, stage_generator(run.seed, "select"))
+        if config.use_relative_fisher:
+            layers = top_layers(scores.relative, config.select.top_k)
+        elif config.select.fallback == "forget_fisher":
+            layers = top_layers(scores.forget, config.select.top_k)
+        else:
+            layers = sorted(candidates)
+        params = sorted({p for layer in layers for p in candidates[layer]})
+        log.info("selected %d layers: %s", len(layers), ", ".join(layers))
+        return Selection(layers, params, scores.to_dict(), names).to_dict(), {}
+
+    def forget(self) -> tuple[dict[str, Any], StateDict]:
+        run, config = self.run, self.config
+        if config.forget.solver == "closed_form":
+            info = closed_form_edit(run.student, run.data, config.forget, self.forget_names,
+                                    keep=[f.images for f in run.forgotten])  # earlier subgroups stay put
+            log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
+            return info, self.changed()
+        info = forget_stage(run.student, run.data, self._tuning("forget"), config.forget, anchor=self._anchor("forget"),
+                            forget_names=self.forget_names)
+        return info, self.changed()
+
+    def remind(self) -> tuple[dict[str, Any], StateDict]:
+        run, config = self.run, self.config
+        tuning = self._tuning("remind")  # its generator also draws the alignment's batches, as before
+        retain, info = run.data.retain_images, {}
+        targets = norm_targets(run.teacher, run.data.calibration_images) if config.use_alignment else None
+        if targets is not None:
+            retain, info["align"] = align_images(run.teacher, run.data.retain_images, targets, config.align, tuning.generator)
+        elif config.use_alignment:
+            log.warning("alignment skipped: a LayerNorm image tower needs calibration images")
+        info["distill"] = remind_stage(
+            run.student, run.teacher, run.data, retain, tuning, config.distill, config.forget,
+            use_distillation=config.use_distillation, anchor=self._anchor("remind"), forget_names=self.forget_names,
+        )  # fmt: skip
+        return info, self.changed()
+
+    def restore(self) -> tuple[dict[str, Any], StateDict]:
+        run, student = self.run, self.run.student
+        unlearned = {k: v.detach().clone() for k, v in student.weights().items()}
+        inputs = RestoreInputs(self.config.restore, run.original, self.after_forget, unlearned, self.selection,
+                               student.layers(), run.score_fn, run.forget_target)
+        choice = RESTORE_MODES[self.config.restore.mode](inputs)
+        student.load_weights(choice.state)
+        return {"curve": choice.curve, "choice": choice.choice}, self.changed()
 
 
 @register_method("ours-paper")
