@@ -11,51 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from clipforget.config import Config, ConfigError, require
-from clipforget.data.presets import resolve_label_space, resolve_templates
+from clipforget.data.scenario_checks import (ALL, check_aliases, check_nonempty_names, check_templates, names_brief,
+                                              resolve_classes, resolve_presets)
 from clipforget.data.sources import SourceConfig
 
 Split = Literal["train", "test", "any"]
-
-
-def _check_templates(templates: tuple[str, ...], where: str) -> None:
-    require(bool(templates), f"{where}: give at least one prompt template, e.g. 'a photo of a {{}}.'")
-    for t in templates:
-        require(isinstance(t, str), f"{where}: template {t!r} is not a string; callables are converted when "
-                "the config is built from a mapping (load_scenario_config, from_dict)")  # fmt: skip
-        require("{}" in t, f"{where}: template {t!r} has no '{{}}' where the class name goes; add one")
-
-
-def _resolve_presets(data: Mapping[str, Any], where: str, label_space: bool) -> dict[str, Any]:
-    """``data`` with preset names (data/presets.py) expanded in ``templates`` and, when ``label_space``,
-    ``classnames``; callable and ``{c}`` templates become ``{}`` strings."""
-    at = f"{where}." if where else ""
-    data = dict(data)
-    if "templates" in data:
-        data["templates"] = resolve_templates(data["templates"], f"{at}templates")
-    if label_space and "classnames" in data:
-        data["classnames"] = resolve_label_space(data["classnames"], f"{at}classnames")
-    return data
-
-
-ALL = "all"  # `classes: all`: every class of the set's source, in its order (less `drop`)
-
-
-def _resolve_classes(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A sample's ``classes`` given as ``all`` (kept as ``("all",)``) or as a label-space name (its names)."""
-    data = dict(data)
-    classes = data.get("classes")
-    if isinstance(classes, str):
-        data["classes"] = (ALL,) if classes == ALL else resolve_label_space(classes, f"{where}.classes" if where else "classes")
-    return data
-
-
-def _names_brief(names: tuple[str, ...]) -> str:
-    return str(list(names)) if len(names) <= 12 else f"{len(names)} names: {', '.join(names[:3])}, ..., {names[-1]}"
-
-
-def _check_nonempty_names(names: tuple[str, ...], where: str) -> None:
-    require(bool(names), f"{where}: the list is empty; name at least one class")
-    require(len(set(names)) == len(names), f"{where}: {list(names)} names a class twice")
 
 
 @dataclass(frozen=True)
@@ -67,7 +27,7 @@ class Selection(Config):
     subgroups: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
-        _check_nonempty_names(self.classes, f"{where}.classes")
+        check_nonempty_names(self.classes, f"{where}.classes")
 
 
 @dataclass(frozen=True)
@@ -121,16 +81,6 @@ class SubgroupConfig(GroupConfig):
         require(len(set(self.aliases)) == len(self.aliases), f"{where}.aliases: {list(self.aliases)} names an alias twice")
 
 
-def _check_aliases(aliases: tuple[str, ...], classnames: tuple[str, ...]) -> None:
-    """An alias may not be a class of the label space (case and spaces aside): scoring Target under
-    "hound" in a scenario with a class "hound" would test that class, not the subgroup's other name."""
-    by_name = {c.strip().casefold(): c for c in classnames}
-    for a in aliases:
-        clash = by_name.get(a.strip().casefold())
-        require(clash is None, f"forget.aliases: {a!r} is the class {clash!r} of classnames; an alias must be "
-                "another name of the subgroup, not a class the label space already scores; drop it")  # fmt: skip
-
-
 @dataclass(frozen=True)
 class SampleConfig(Config):
     """Images per class from one source (calibration and held-out sets).
@@ -151,14 +101,14 @@ class SampleConfig(Config):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> SampleConfig:
-        return super().from_dict(_resolve_classes(data, where), where)
+        return super().from_dict(resolve_classes(data, where), where)
 
     @property
     def takes_all(self) -> bool:
         return self.classes == (ALL,)
 
     def check(self, where: str) -> None:
-        _check_nonempty_names(self.classes, f"{where}.classes")
+        check_nonempty_names(self.classes, f"{where}.classes")
         require(self.per_class >= 1, f"{where}.per_class is {self.per_class}: an empty set; ask for at least 1")
         if not self.takes_all:
             self.check_classes(self.classes, where)
@@ -166,11 +116,11 @@ class SampleConfig(Config):
     def check_classes(self, known: tuple[str, ...], where: str) -> None:
         """Checks of ``drop`` and ``rename`` against the raw classes (``known``: the source's, for ``all``)."""
         stray = sorted(set(self.drop) - set(known))
-        require(not stray, f"{where}.drop: {stray} are not among classes {_names_brief(known)}")
+        require(not stray, f"{where}.drop: {stray} are not among classes {names_brief(known)}")
         chosen = self.chosen(known)
         require(bool(chosen), f"{where}.drop: leaves no class; drop fewer")
         unknown = sorted(set(self.rename) - set(chosen))
-        require(not unknown, f"{where}.rename: {unknown} are not among classes {_names_brief(chosen)}")
+        require(not unknown, f"{where}.rename: {unknown} are not among classes {names_brief(chosen)}")
         names = [self.rename.get(c, c) for c in chosen]
         twice = sorted(n for n, k in Counter(names).items() if k > 1)
         require(not twice, f"{where}.rename: two classes get the same name ({twice})")
@@ -201,14 +151,14 @@ class HeldoutConfig(SampleConfig):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> HeldoutConfig:
-        return super().from_dict(_resolve_presets(data, where, label_space=True), where)
+        return super().from_dict(resolve_presets(data, where, label_space=True), where)
 
     def check(self, where: str) -> None:
         require(bool(self.name), f"{where}: every held-out set needs a 'name'")
         where = f"{where} {self.name!r}"
         super().check(where)
         if self.templates:
-            _check_templates(self.templates, f"{where}.templates")
+            check_templates(self.templates, f"{where}.templates")
         if self.classnames and not self.takes_all:
             self.check_label_space(self.chosen(), f"{where}.classnames")
 
@@ -221,7 +171,7 @@ class HeldoutConfig(SampleConfig):
             close = {n: difflib.get_close_matches(n, self.classnames, n=3) for n in missing}
             hints = "; ".join(f"{n!r} is close to {m}" for n, m in close.items() if m)
             raise ConfigError(
-                f"{where}: the selected classes {missing} are not in the label space ({_names_brief(self.classnames)})"
+                f"{where}: the selected classes {missing} are not in the label space ({names_brief(self.classnames)})"
                 f"{'; ' + hints if hints else ''}; map each to a name of it under 'rename' or drop it from 'classes'"
             )
         twice = [n for n in labels if counts[n] > 1]
@@ -260,15 +210,15 @@ class ScenarioConfig(Config):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> ScenarioConfig:
-        return super().from_dict(_resolve_presets(data, where, label_space=True), where)
+        return super().from_dict(resolve_presets(data, where, label_space=True), where)
 
     def __post_init__(self) -> None:
         require(bool(self.name), "name: give the scenario a name")
         require(bool(self.sources), "sources: declare at least one image source")
         for name, source in self.sources.items():
             source.check(f"sources.{name}")
-        _check_nonempty_names(self.classnames, "classnames")
-        _check_templates(self.templates, "templates")
+        check_nonempty_names(self.classnames, "classnames")
+        check_templates(self.templates, "templates")
         known = set(self.classnames)
         seen: dict[str, str] = {}
         for sup, members in self.hierarchy.items():
@@ -292,7 +242,7 @@ class ScenarioConfig(Config):
                 f"{where}.label: {g.label!r} is not a sibling of {self.forget.label!r} (superclass "
                 f"{family!r} = {list(self.hierarchy[family])}); retain only siblings",
             )
-        _check_aliases(self.forget.aliases, self.classnames)
+        check_aliases(self.forget.aliases, self.classnames)
         names = [g.name for _, g in groups]
         require(len(set(names)) == len(names), f"forget/retain: subgroup names {names} repeat; make them unique")
         require(bool(self.calibration), "calibration: list at least one calibration sample")
