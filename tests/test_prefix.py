@@ -36,6 +36,18 @@ def test_view_gives_the_same_embeddings(rn):
     assert not any(k.startswith("visual.layer1") for k in view.layers())
 
 
+def test_the_view_keeps_the_models_eval_mode(rn):
+    """A view of an eval-mode model is in eval mode, so that code which restores a module's mode after
+    scoring (evaluate_scenario) leaves the shared BatchNorm layers in eval mode, not in training mode."""
+    rn.eval()
+    view = FrozenImagePrefix(rn, "visual.layer4")
+    assert not view.training
+    was = view.training
+    view.eval()
+    view.train(was)
+    assert not rn.model.training and not any(m.training for m in rn.model.modules())
+
+
 def test_a_method_on_the_view_changes_only_the_tail(rn):
     view = FrozenImagePrefix(rn, "visual.layer4")
     data = make_data()

@@ -35,6 +35,7 @@ class FrozenImagePrefix(DualEncoder):
         self.start = names.index(start)
         self.frozen = tuple(stages[: self.start])
         object.__setattr__(self, "inner", inner)  # not a submodule: it shares self.model
+        self.train(inner.model.training)  # a new module starts in training mode; the view shares the model's
 
     def _stages(self):
         return self.inner.image_stages()
