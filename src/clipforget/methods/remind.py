@@ -91,42 +91,62 @@ def remind_stage(
     if use_distillation and config.use_calibration and data.calibration_images is not None:
         pool = torch.cat([retain_images, data.calibration_images.to(retain_images.device)])
     pool = pool.to(student.device)
-    labels = data.retain_labels.to(student.device)
-    t_emb = embed_images(teacher, pool)
-    t_logits = teacher_logits(teacher, pool, data)
-    scale = teacher.logit_scale.detach()
-    head = ClassHead(student, data.classnames, data.templates, tune.names)
-    batches = BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, tune.generator)
-    forget_batches = BatchStream(len(data.forget_images), config.train.batch_size, tune.generator)
     original = embed_images(teacher, data.forget_images) if forget.needs_original_embeddings else None
-    forget_objective = ForgetObjective(student, data, forget, tune.names, original, forget_names)
-
-    def loss_fn(step: int) -> dict[str, Tensor]:
-        idx = batches.next().to(pool.device)
-        emb = student.encode_image(pool[idx])
-        logits = scale * emb @ head()
-        terms: dict[str, Tensor] = {}
-        if use_distillation:
-            terms["kd"] = config.kd_weight * kd_kl(logits, t_logits[idx])
-            terms["embed"] = config.embed_weight * embedding_distance(emb, t_emb[idx])
-            if config.ce_weight > 0:
-                own = idx < len(labels)  # the pool is retain images first, then calibration images
-                ce = F.cross_entropy(logits[own], labels[idx[own]]) if bool(own.any()) else logits.sum() * 0
-                terms["ce"] = config.ce_weight * ce
-        else:
-            terms["ce"] = F.cross_entropy(logits, labels[idx])
-        if config.forget_weight > 0:
-            terms["forget"] = config.forget_weight * forget_objective(forget_batches.next())["loss"]
-        if anchor is not None:
-            terms["anchor"] = anchor.loss(student)
-        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
-
+    loss_fn = _RemindLoss(
+        student, config, use_distillation, anchor, pool, data.retain_labels.to(student.device),
+        embed_images(teacher, pool), teacher_logits(teacher, pool, data), teacher.logit_scale.detach(),
+        ClassHead(student, data.classnames, data.templates, tune.names),
+        BatchStream(len(pool) if use_distillation else len(retain_images), config.train.batch_size, tune.generator),
+        BatchStream(len(data.forget_images), config.train.batch_size, tune.generator),
+        ForgetObjective(student, data, forget, tune.names, original, forget_names),
+    )  # fmt: skip
     with tune(student) as params:
         train_log = train_loop(params, loss_fn, config.train, desc="remind")
     final = forget_progress(student, data)
     if anchor is not None:
         final["anchor_drift"] = anchor.drift(student)
     return {**train_log.to_dict(), "final": final}
+
+
+@dataclass
+class _RemindLoss:
+    """The remind stage's loss at one step: distillation (or cross-entropy) on a batch of the pool, plus
+    the forget term and the text anchor when they are on."""
+
+    student: DualEncoder
+    config: RemindConfig
+    use_distillation: bool
+    anchor: TextAnchor | None
+    pool: Tensor  # the retain images first, then the calibration images
+    labels: Tensor
+    teacher_embeddings: Tensor
+    teacher_logits: Tensor
+    scale: Tensor
+    head: ClassHead
+    batches: BatchStream
+    forget_batches: BatchStream
+    forget_objective: ForgetObjective
+
+    def __call__(self, step: int) -> dict[str, Tensor]:
+        config = self.config
+        idx = self.batches.next().to(self.pool.device)
+        emb = self.student.encode_image(self.pool[idx])
+        logits = self.scale * emb @ self.head()
+        terms: dict[str, Tensor] = {}
+        if self.use_distillation:
+            terms["kd"] = config.kd_weight * kd_kl(logits, self.teacher_logits[idx])
+            terms["embed"] = config.embed_weight * embedding_distance(emb, self.teacher_embeddings[idx])
+            if config.ce_weight > 0:
+                own = idx < len(self.labels)
+                ce = F.cross_entropy(logits[own], self.labels[idx[own]]) if bool(own.any()) else logits.sum() * 0
+                terms["ce"] = config.ce_weight * ce
+        else:
+            terms["ce"] = F.cross_entropy(logits, self.labels[idx])
+        if config.forget_weight > 0:
+            terms["forget"] = config.forget_weight * self.forget_objective(self.forget_batches.next())["loss"]
+        if self.anchor is not None:
+            terms["anchor"] = self.anchor.loss(self.student)
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -121,27 +121,8 @@ def train_loop(
             result.stopped_early = True
             break
         terms = loss_fn(step)
-        loss = terms["loss"]
-        if not math.isfinite(float(parallel.sum_all(loss.detach().reshape(1).float()))):  # every process stops together
-            raise NonFiniteLossError(
-                f"{desc}: the loss became {loss.item()} at step {step} "
-                f"(terms: { {k: float(v.detach()) for k, v in terms.items()} }); lower the learning rate "
-                f"(now {config.lr}) or check the inputs for NaN"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-        else:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        parallel.mean_gradients(params)  # each process's share of the batch: the gradient of the whole batch
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
-            scaler.update()
+        _check_finite(terms, step, desc, config)
+        _optimizer_step(terms["loss"], params, optimizer, scaler, config)
         if ema is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - config.ema_decay)
@@ -156,3 +137,33 @@ def train_loop(
     log.info("%s: %d steps%s, final loss %s", desc, result.steps_run, " (stopped at its target)" if result.stopped_early else "",
              "–" if final is None else f"{final:.4g}")
     return result
+
+
+def _check_finite(terms: Mapping[str, Tensor], step: int, desc: str, config: TrainConfig) -> None:
+    """Raise :class:`NonFiniteLossError` when the loss is NaN or infinite on any process (all stop together)."""
+    loss = terms["loss"]
+    if not math.isfinite(float(parallel.sum_all(loss.detach().reshape(1).float()))):
+        raise NonFiniteLossError(
+            f"{desc}: the loss became {loss.item()} at step {step} "
+            f"(terms: { {k: float(v.detach()) for k, v in terms.items()} }); lower the learning rate "
+            f"(now {config.lr}) or check the inputs for NaN"
+        )
+
+
+def _optimizer_step(loss: Tensor, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, config: TrainConfig) -> None:
+    """Backward, gradient all-reduce across processes, clipping and the optimizer step (scaled under fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    parallel.mean_gradients(params)  # each process's share of the batch: the gradient of the whole batch
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
