@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import Tensor
 
 from clipforget.config import ConfigError, require
 from clipforget.data.sources import IMAGE_EXTENSIONS, Entry, FileSource, _read_manifest_rows
@@ -151,9 +152,6 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
 
     ``truth``: the pool's class or subgroup name of the true subgroup (for precision / recall).
     """
-    from clipforget.data import build_scenario, load_scenario_config
-    from clipforget.zeroshot import build_zero_shot_classifier
-
     config = config or MineConfig()
     out = Path(out)
     manifest, report = out.with_name(out.stem + ".pool.csv"), out.with_name(out.stem + ".mining.json")
@@ -175,31 +173,9 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
                 f"--truth {truth!r} is no class or subgroup of the pool's labels; give the pool's name of the subgroup")
     log.info("embedding %d pool images", len(images))
     image_emb = embed_pool(model, images, batch_size=batch_size)
-    with torch.no_grad():
-        class_emb = build_zero_shot_classifier(model, names, templates, batch_size=batch_size).float().cpu().T
-        texts = model.encode_text({k: v.to(model.device) for k, v in model.tokenize([query]).items()}).float().cpu()
-        if aliases:
-            texts = torch.cat([texts, build_zero_shot_classifier(model, list(aliases), templates,
-                                                                 batch_size=batch_size).float().cpu().T])
-        contrast = _contrast(config.contrast, names, aliases)
-        contrast_emb = (build_zero_shot_classifier(model, contrast, templates, batch_size=batch_size).float().cpu().T
-                        if contrast else None)
+    class_emb, texts, contrast_emb = _text_embeddings(model, names, query, aliases, templates, config, batch_size)
     sets = mine_sets(image_emb, texts, class_emb, names.index(label), config, contrast_emb)
-    if not sets.forget and config.forget_rule == "label":
-        raise ConfigError(f"no image of the pool is classified as {label!r} ({len(images)} images, label space "
-                          f"{', '.join(names)}); check the pool and --label, or use the query rule")
-    if not sets.forget:
-        raise ConfigError(f"--query {query!r} matches nothing: it is the nearest text for no image of the pool "
-                          f"({len(images)} images, label space {', '.join(names)}); rephrase it, add --alias names, or "
-                          "take the images nearest it with --forget-count N")
-    if len(sets.forget) < 2:
-        raise ConfigError(f"--query {query!r} matches one image only; a forget set needs a train and a test image: "
-                          "rephrase it, add --alias names, or take more with --forget-count N")
-    own = names.index(label)
-    if config.forget_rule == "query" and len(sets.retain.get(own, ())) < 2:
-        raise ConfigError(f"the pool has fewer than 2 images of {label!r} far from the query to retain (the siblings "
-                          "the label must keep); add such images to the pool, lower guard in --config, or, when the "
-                          "subgroup is the whole class, use --forget-rule label")
+    _check_mined(sets, config, names, label, query, len(images))
     rows, scenario = _scenario(images, sets, names, label, query, aliases, templates, config, seed)
     scenario["sources"]["pool"]["root"] = manifest.name  # relative: resolves against the scenario's folder
     comparison = None
@@ -210,16 +186,60 @@ def mine_scenario(model: DualEncoder, pool: str | Path, query: str, label: str, 
                "retain": {names[c]: len(v) for c, v in sets.retain.items()},
                "calibration": {names[c]: len(v) for c, v in sets.calibration.items()},
                "truth": truth, "comparison": comparison}
+    _write_mined(out, manifest, report, rows, scenario, summary, f"{pool} ({len(images)} images)", model_id, query, label)
+    return MineResult(out, manifest, report, summary)
+
+
+def _text_embeddings(model: DualEncoder, names: Sequence[str], query: str, aliases: Sequence[str],
+                     templates: Sequence[str], config: MineConfig, batch_size: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The class vectors (C, D), the query's and aliases' text rows and the contrast names' vectors."""
+    from clipforget.zeroshot import build_zero_shot_classifier
+
+    with torch.no_grad():
+        class_emb = build_zero_shot_classifier(model, names, templates, batch_size=batch_size).float().cpu().T
+        texts = model.encode_text({k: v.to(model.device) for k, v in model.tokenize([query]).items()}).float().cpu()
+        if aliases:
+            texts = torch.cat([texts, build_zero_shot_classifier(model, list(aliases), templates,
+                                                                 batch_size=batch_size).float().cpu().T])
+        contrast = _contrast(config.contrast, names, aliases)
+        contrast_emb = (build_zero_shot_classifier(model, contrast, templates, batch_size=batch_size).float().cpu().T
+                        if contrast else None)
+    return class_emb, texts, contrast_emb
+
+
+def _check_mined(sets: MinedSets, config: MineConfig, names: Sequence[str], label: str, query: str, pool_size: int) -> None:
+    """One clear error when the mined sets cannot make a scenario."""
+    if not sets.forget and config.forget_rule == "label":
+        raise ConfigError(f"no image of the pool is classified as {label!r} ({pool_size} images, label space "
+                          f"{', '.join(names)}); check the pool and --label, or use the query rule")
+    if not sets.forget:
+        raise ConfigError(f"--query {query!r} matches nothing: it is the nearest text for no image of the pool "
+                          f"({pool_size} images, label space {', '.join(names)}); rephrase it, add --alias names, or "
+                          "take the images nearest it with --forget-count N")
+    if len(sets.forget) < 2:
+        raise ConfigError(f"--query {query!r} matches one image only; a forget set needs a train and a test image: "
+                          "rephrase it, add --alias names, or take more with --forget-count N")
+    own = names.index(label)
+    if config.forget_rule == "query" and len(sets.retain.get(own, ())) < 2:
+        raise ConfigError(f"the pool has fewer than 2 images of {label!r} far from the query to retain (the siblings "
+                          "the label must keep); add such images to the pool, lower guard in --config, or, when the "
+                          "subgroup is the whole class, use --forget-rule label")
+
+
+def _write_mined(out: Path, manifest: Path, report: Path, rows: list[dict[str, Any]], scenario: dict[str, Any],
+                 summary: dict[str, Any], pool: str, model_id: str, query: str, label: str) -> None:
+    """The pool manifest, the mining report and the scenario file (each atomically), checked to build."""
+    from clipforget.data import build_scenario, load_scenario_config
+
     load_scenario_config({**scenario, "sources": {"pool": {"kind": "manifest", "root": str(manifest)}}})  # a bug if it fails
     atomic_write_text(manifest, _csv(rows))
     atomic_write_json(report, summary)
-    header = (f"# Mined by clipforget mine from {pool} ({len(images)} images) under {model_id or 'the model'}:\n"
+    header = (f"# Mined by clipforget mine from {pool} under {model_id or 'the model'}:\n"
               f"#   query {query!r}, label {label!r}. Read and edit before running forget; the images and their\n"
               f"#   roles are in {manifest.name} (class column), what was mined in {report.name}.\n"
               "# The hierarchy puts every class under one superclass so that every class may be retained.\n")
     atomic_write_text(out, header + yaml.safe_dump(scenario, sort_keys=False, allow_unicode=True))
     build_scenario(out)  # the written scenario builds as it is
-    return MineResult(out, manifest, report, summary)
 
 
 def _scenario(images: Sequence[PoolImage], sets: MinedSets, names: tuple[str, ...], label: str, query: str,
