@@ -148,71 +148,100 @@ def _run(args: argparse.Namespace) -> int:
         from clipforget.models import check_device
 
         check_device(args.device)
+    return _COMMANDS[args.command](args)
+
+
+def _eval(args: argparse.Namespace) -> int:
     from clipforget.app import api
 
-    if args.command == "eval":
-        if args.out:
-            from clipforget.app.rundir import check_output_file
+    if args.out:
+        from clipforget.app.rundir import check_output_file
 
-            check_output_file(args.out)
-        metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size,
-                               streaming=_streaming_of(args))
-        text = json.dumps(metrics.to_dict(), indent=2)
-        print(api.format_metrics(metrics))
-        if args.out:
-            from clipforget.io import atomic_write_text
+        check_output_file(args.out)
+    metrics = api.evaluate(args.model, args.scenario, device=args.device, batch_size=args.batch_size,
+                           streaming=_streaming_of(args))
+    print(api.format_metrics(metrics))
+    if args.out:
+        from clipforget.io import atomic_write_text
 
-            atomic_write_text(args.out, text + "\n")
-    elif args.command == "forget":
-        run = api.forget if len(args.scenario) == 1 else api.forget_together
-        result = run(
-            args.model, args.scenario[0] if len(args.scenario) == 1 else args.scenario, out=args.out,
-            method=args.method, config=args.config, overrides=args.overrides, seed=args.seed, device=args.device,
-            batch_size=args.batch_size, image_prefix=args.image_prefix, audit=_audit_setting(args),
-            restart=args.restart, precision=args.precision, streaming=_streaming_of(args),
-        )
-        if len(args.scenario) > 1:
-            if not result:  # another process of a launch: the main one ran the solve
-                return 0
-            for name, r in zip(args.scenario, result):
-                print(f"{name}: Target {r.original_metrics.target:.1f} -> "
-                      f"{r.unlearned_metrics.target:.1f}, Score {r.score:.1f}")
-            print(f"metrics: {args.out}/metrics.json; model: {args.out}/model")
-            result = result[0]
-        else:
-            print(f"report: {result.run_dir / 'report.html'}")
-        for warning in result.warnings:
-            print(f"warning: {warning}")
-        if result.warnings and args.strict:
-            return EXIT_QUESTIONABLE
-    elif args.command == "bench":
-        table = api.bench(
-            args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
-            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
-            audit=_audit_setting(args), save_models=args.save_models, restart=args.restart, precision=args.precision,
-            streaming=_streaming_of(args),
-        )
-        print(table)
-        print(f"report: {Path(args.out) / 'report.html'}")
-    elif args.command == "audit":
-        result = api.audit(
-            args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
-            device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix, precision=args.precision,
-            streaming=_streaming_of(args),
-        )
-        print(api.format_audit(result))
-        print(f"audit: {Path(args.out) / 'audit.md'}")
-    elif args.command == "mine":
-        result = api.mine(args.model, args.pool, args.query, args.label, out=args.out, aliases=args.alias,
-                          classnames=args.classnames, templates=args.templates, truth=args.truth,
-                          config=_mine_config(args.config, args.forget_rule, args.forget_count), seed=args.seed, device=args.device,
-                          batch_size=args.batch_size)
-        print(api.format_mining(result.summary))
-        print(f"scenario: {result.scenario}")
-    elif args.command == "demo":
-        result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
-        print(f"report: {result.run_dir / 'report.html'}")
+        atomic_write_text(args.out, json.dumps(metrics.to_dict(), indent=2) + "\n")
     return 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    from clipforget.app import api
+
+    together = len(args.scenario) > 1
+    result = (api.forget_together if together else api.forget)(
+        args.model, args.scenario if together else args.scenario[0], out=args.out,
+        method=args.method, config=args.config, overrides=args.overrides, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, image_prefix=args.image_prefix, audit=_audit_setting(args),
+        restart=args.restart, precision=args.precision, streaming=_streaming_of(args),
+    )
+    if together:
+        if not result:  # another process of a launch: the main one ran the solve
+            return 0
+        for name, r in zip(args.scenario, result):
+            print(f"{name}: Target {r.original_metrics.target:.1f} -> "
+                  f"{r.unlearned_metrics.target:.1f}, Score {r.score:.1f}")
+        print(f"metrics: {args.out}/metrics.json; model: {args.out}/model")
+        result = result[0]
+    else:
+        print(f"report: {result.run_dir / 'report.html'}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return EXIT_QUESTIONABLE if result.warnings and args.strict else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from clipforget.app import api
+
+    table = api.bench(
+        args.model, args.scenarios, methods=args.methods, seeds=args.seeds, out=args.out,
+        device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix,
+        audit=_audit_setting(args), save_models=args.save_models, restart=args.restart, precision=args.precision,
+        streaming=_streaming_of(args),
+    )
+    print(table)
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from clipforget.app import api
+
+    result = api.audit(
+        args.model, args.original, args.scenario, out=args.out, seed=args.seed, config=args.config or True,
+        device=args.device, batch_size=args.batch_size, image_prefix=args.image_prefix, precision=args.precision,
+        streaming=_streaming_of(args),
+    )
+    print(api.format_audit(result))
+    print(f"audit: {Path(args.out) / 'audit.md'}")
+    return 0
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from clipforget.app import api
+
+    result = api.mine(args.model, args.pool, args.query, args.label, out=args.out, aliases=args.alias,
+                      classnames=args.classnames, templates=args.templates, truth=args.truth,
+                      config=_mine_config(args.config, args.forget_rule, args.forget_count), seed=args.seed,
+                      device=args.device, batch_size=args.batch_size)
+    print(api.format_mining(result.summary))
+    print(f"scenario: {result.scenario}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clipforget.app import api
+
+    result = api.demo(out=args.out, device=args.device, batch_size=args.batch_size)
+    print(f"report: {result.run_dir / 'report.html'}")
+    return 0
+
+
+_COMMANDS = {"eval": _eval, "forget": _forget, "bench": _bench, "audit": _audit, "mine": _mine, "demo": _demo}
+"""The sub-commands after ``config`` (which needs no device), each ``(args) -> exit code``."""
 
 
 def _mine_config(path: str | None, forget_rule: str | None, forget_count: int | None):

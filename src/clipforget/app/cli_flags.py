@@ -91,14 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, epilog=epilog,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("eval", "zero-shot Target / Retain / held-out accuracy of a model on a scenario")
+    _eval_flags(command("eval", "zero-shot Target / Retain / held-out accuracy of a model on a scenario"))
+    _forget_flags(command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html"))
+    _bench_flags(command("bench", "every method on every scenario and seed, resumable; CSV, JSON, Markdown and report.html"))
+    _audit_flags(command("audit", "can the forgotten subgroup still be found? an unlearned model against its original"))
+    _mine_flags(command("mine", "build a scenario YAML from an unlabeled pool of images and a description of the subgroup"))
+    _demo_flags(command("demo", "the built-in default: the method (ours) on the testbed model, with its report", epilog=""))
+    command("scenarios", "list the bundled scenarios: what each forgets, and the data it needs", epilog="")
+    command("methods", "list the registered methods: what each does, and the data it uses", epilog="")
+    _config_flags(command("config", "print a method's (or the audit's) full default config as YAML, ready for --config",
+                          epilog="example: clipforget config ours > ours.yaml; clipforget forget ... --config ours.yaml"))
+    return parser
+
+
+def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model id (grammar below)")
     p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
     p.add_argument("--out", help="also write the metrics as JSON to this file")
     _streaming(p)
     _common(p)
 
-    p = command("forget", "make a model forget a scenario's subgroup; writes a run directory with report.html")
+
+def _forget_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the model to unlearn from (grammar below)")
     p.add_argument("--scenario", required=True, action="append",
                    help=SCENARIO_HELP + "; given several times, one run forgets every scenario's subgroup at once "
@@ -118,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _streaming(p)
     _common(p)
 
-    p = command("bench", "every method on every scenario and seed, resumable; CSV, JSON, Markdown and report.html")
+
+def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="testbed", help="the model id (grammar below; default: testbed)")
     p.add_argument("--scenarios", nargs="+", required=True, metavar="SCENARIO", help=SCENARIO_HELP)
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
@@ -134,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     _streaming(p)
     _common(p)
 
-    p = command("audit", "can the forgotten subgroup still be found? an unlearned model against its original")
+
+def _audit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the unlearned model id (e.g. testbed@runs/x/model)")
     p.add_argument("--original", required=True, help="the model it was unlearned from")
     p.add_argument("--scenario", required=True, help=SCENARIO_HELP)
@@ -145,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     _streaming(p)
     _common(p)
 
-    p = command("mine", "build a scenario YAML from an unlabeled pool of images and a description of the subgroup")
+
+def _mine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the original model, whose embeddings mine the pool (grammar below)")
     p.add_argument("--pool", required=True, help="a folder of images (any depth) or a CSV/JSONL manifest with a 'path' column")
     p.add_argument("--query", required=True, help='the subgroup in words, e.g. "photos of English springer spaniels"')
@@ -168,13 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the scenario's seed (default: 0)")
     _common(p)
 
-    p = command("demo", "the built-in default: the method (ours) on the testbed model, with its report", epilog="")
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="where the run directory goes (default: runs/demo)")
     _common(p)
 
-    command("scenarios", "list the bundled scenarios: what each forgets, and the data it needs", epilog="")
-    command("methods", "list the registered methods: what each does, and the data it uses", epilog="")
-    p = command("config", "print a method's (or the audit's) full default config as YAML, ready for --config",
-                epilog="example: clipforget config ours > ours.yaml; clipforget forget ... --config ours.yaml")
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="METHOD", help="a registered method, or 'audit' for the audit config")
-    return parser
