@@ -129,6 +129,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _, vt = typing.get_args(tp) or (Any, Any)
         return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    return _convert_scalar(tp, value, where)
+
+
+def _convert_scalar(tp: Any, value: Any, where: str) -> Any:
+    """``value`` checked against a bool, int, float or str field (an int where a float goes becomes one)."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -146,7 +151,6 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
-
 
 def _onto_default(f: dataclasses.Field, value: Any) -> Any:
     """A partial mapping given for a nested section, completed from that field's own default: a YAML

@@ -116,7 +116,6 @@ def run_bench(
     from clipforget.app.prepare import prepare
     from clipforget.app.rundir import check_output_dir, open_bench_dir
     from clipforget.app.runner import resolve_audit_config
-    from clipforget.data import load_scenario_config
 
     methods = list(methods or list_methods())
     plan = _Plan(Path(out), *_resolve_variants(methods, configs), device=device, batch_size=batch_size,
@@ -141,14 +140,24 @@ def run_bench(
                 _run_cells(plan, prepared, cells, keep_best=world == 1)
     parallel.barrier()  # every process's cells are finished
     if rank == 0:
-        with open_bench_dir(plan.out):
-            if save_models == "best" and world > 1:
-                for scenario in scenarios:
-                    _keep_best_model(plan.out / "runs" / folder_name(load_scenario_config(scenario).name))
-            write_tables(plan.out, collect(plan.out))
+        _write_results(plan, scenarios, gather_best=save_models == "best" and world > 1)
     parallel.barrier()  # the tables are written
     return (plan.out / "table.md").read_text()
 
+
+
+def _write_results(plan: _Plan, scenarios: Sequence[str], *, gather_best: bool) -> None:
+    """The bench's tables from every finished cell (under the bench directory's lock); with
+    ``gather_best``, first drop every model folder but each scenario's best (the processes of a launch
+    each kept their own best)."""
+    from clipforget.app.rundir import open_bench_dir
+    from clipforget.data import load_scenario_config
+
+    with open_bench_dir(plan.out):
+        if gather_best:
+            for scenario in scenarios:
+                _keep_best_model(plan.out / "runs" / folder_name(load_scenario_config(scenario).name))
+        write_tables(plan.out, collect(plan.out))
 
 @dataclass(frozen=True)
 class _Plan:
