@@ -13,7 +13,7 @@
 4. how a run's time and peak memory grow with |D_f|, |D_r|, the held-out size and the model width
    (open_clip ViTs of a few widths, synthetic images, ``ours`` at its defaults), one process per row;
    memory is the peak RSS above what the process held once the model was loaded (Linux ``VmHWM``);
-5. the peak memory of a whole ``run_forget`` (``ours``, no audit) as its held-out set grows from 512 to
+5. (in scripts/bench_memory.py) the peak memory of a whole ``run_forget`` (``ours``, no audit) as its held-out set grows from 512 to
    5120 image files (224 px, an open_clip ViT of width 64 at 224 px), the held-out set kept in memory
    against streamed from disk (``Streaming(above_mib=0)``), one process per row, with each row's time.
 
@@ -180,21 +180,21 @@ def growth_child(width: int, n_forget: int, n_retain: int, n_held: int) -> None:
                        classnames=names, templates=("a photo of a {}.",), forget_label=0,
                        calibration_images=torch.randn(n_retain, 3, 64, 64, generator=g))
     held = LabelledImages(torch.randn(n_held, 3, 64, 64, generator=g), torch.arange(n_held) % 10, names, ("a photo of a {}.",))
-    _reset_peak_rss()  # the imports' and the model's own memory are the floor every row shares
-    floor = _rss_mib("VmRSS")
+    reset_peak_rss()  # the imports' and the model's own memory are the floor every row shares
+    floor = rss_mib("VmRSS")
     start = time.perf_counter()
     method = get_method("ours")
     result = method.run(model, data, method.config_class().with_overrides(["forget.self_names=0"]), seed=0)
     image_logits(result.model, held)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": _rss_mib("VmHWM") - floor}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib("VmHWM") - floor}))
 
 
-def _reset_peak_rss() -> None:
+def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restarts from the current RSS
 
 
-def _rss_mib(field: str) -> float:
+def rss_mib(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
@@ -217,90 +217,9 @@ def growth() -> list[str]:
     return lines
 
 
-HELD_CLASSES = 8
-
-
-def write_memory_scenario(root: Path, n_held: int) -> Path:
-    """A scenario on synthetic 224 px files: a small forget/retain pool and a held-out folder of ``n_held`` images."""
-    import csv
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-
-    def image(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path)
-
-    rows = []
-    for cls, sub in (("dog", "springer"), ("dog", "poodle"), ("cat", "cat")):
-        for split in ("train", "test"):
-            for i in range(16):
-                rel = f"{sub}/{split}_{i}.jpg"
-                image(root / "pool" / rel)
-                rows.append({"path": rel, "class": cls, "subgroup": sub, "split": split})
-    with open(root / "pool" / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "class", "subgroup", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    held = root / f"held-{n_held}"
-    if not held.is_dir():
-        for i in range(n_held):
-            image(held / f"class{i % HELD_CLASSES}" / f"{i:05d}.jpg")
-    group = {"train": {"split": "train", "count": 12}, "test": {"split": "test", "count": 12}}
-    scenario = {
-        "name": f"memory-{n_held}", "seed": 0, "classnames": ["dog", "cat"], "templates": ["a photo of a {}."],
-        "hierarchy": {"animal": ["dog", "cat"]},
-        "sources": {"pool": {"kind": "manifest", "root": str(root / "pool" / "manifest.csv")},
-                    "held": {"kind": "imagefolder", "root": str(held)}},
-        "forget": {"name": "springer", "label": "dog", "text": "a photo of a dog.",
-                   "select": {"source": "pool", "classes": ["dog"], "subgroups": ["springer"]}, **group},
-        "retain": [{"name": "poodle", "label": "dog", "select": {"source": "pool", "classes": ["dog"], "subgroups": ["poodle"]}, **group},
-                   {"name": "cat", "label": "cat", "select": {"source": "pool", "classes": ["cat"]}, **group}],
-        "calibration": [{"source": "pool", "classes": ["cat"], "per_class": 4, "split": "train"}],
-        "heldout": [{"name": "held", "source": "held", "classes": [f"class{i}" for i in range(HELD_CLASSES)],
-                     "per_class": n_held // HELD_CLASSES, "split": "any"}],
-    }
-    path = root / f"memory-{n_held}.yaml"
-    path.write_text(json.dumps(scenario))  # JSON is YAML
-    return path
-
-
-def memory_child(scenario: str, above_mib: float) -> None:
-    from clipforget.data import Streaming
-    from clipforget.app.runner import run_forget
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model = vit(64, Path(tmp), image_size=224)
-        _reset_peak_rss()
-        floor = _rss_mib("VmRSS")
-        start = time.perf_counter()
-        run_forget("openclip:speed-ViT-64-224", scenario, Path(tmp) / "run", model=model, audit=False,
-                   streaming=Streaming(above_mib=above_mib))
-        seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": _rss_mib("VmHWM") - floor}))
-
-
-def heldout_memory() -> list[str]:
-    lines = ["| held-out images | kept in memory: time (s) | peak RSS above the model (MiB) | streamed: time (s) | "
-             "peak RSS above the model (MiB) | streamed time / kept |", "|---|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in (512, 1024, 2560, 5120):
-            scenario = str(write_memory_scenario(Path(tmp), n))
-            kept, streamed = (growth_row(["--memory-child", scenario, str(above)]) for above in (1e9, 0))
-            lines.append(f"| {n} | {kept['seconds']:.1f} | {kept['peak_rss_mib']:.0f} | {streamed['seconds']:.1f} | "
-                         f"{streamed['peak_rss_mib']:.0f} | {streamed['seconds'] / kept['seconds']:.2f} |")
-            print(lines[-1], flush=True)
-    return lines
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--growth-child":
         growth_child(*(int(a) for a in sys.argv[2:6]))
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        memory_child(sys.argv[2], float(sys.argv[3]))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
@@ -310,6 +229,8 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true", help="leave out section 5 (held-out memory)")
     p.add_argument("--only-memory", action="store_true", help="section 5 alone")
     args = p.parse_args()
+    from bench_memory import heldout_memory  # scripts/ is on the path when this runs as a script
+
     if args.only_memory:
         print("\n".join(heldout_memory()))
         return
