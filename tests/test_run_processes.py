@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bad_input_cases import World, forget_argv, snapshot
+from bad_input_cases import world as world  # noqa: F401 - the shared fixture
 from safetensors.torch import load_file
-from test_bad_input import World, _snapshot, forget_argv
-from test_bad_input import world as world  # noqa: F401 - the shared fixture
 
 from clipforget.app.cli import main
 
@@ -31,7 +31,7 @@ import torch
 torch.set_num_threads(1)
 mode, stage, ready, go, *argv = sys.argv[1:]
 import clipforget.methods.ours as ours
-import clipforget.app.runner as pipeline
+import clipforget.app.runoutputs as pipeline
 real_stage, real_report = ours.run_stage, pipeline.write_report
 
 def hook():
@@ -87,12 +87,12 @@ def test_a_second_process_on_the_same_out_is_refused_and_nothing_is_corrupted(wo
             assert first.poll() is None, first.stdout.read()
             assert time.time() < deadline, "the first run never reached its forget stage"
             time.sleep(0.1)
-        before = _snapshot(out)
+        before = snapshot(out)
         for extra in ([], ["--seed", "1"], ["--restart"]):
             caplog.clear()
             assert main(forget_argv(world, out, *extra)) == 2
             assert "is in use by another clipforget process" in caplog.text
-            assert _snapshot(out) == before, "the refused run changed a file"
+            assert snapshot(out) == before, "the refused run changed a file"
     finally:
         (tmp_path / "go").touch()
         output, _ = first.communicate(timeout=600)
