@@ -113,9 +113,44 @@ def test_the_retain_weight_keeps_retain_outputs_in_place(model):
     assert retain_drift(100.0) < 0.5 * retain_drift(0.0)
 
 
+def test_candidate_retain_weights_keep_the_edit_the_rule_picks(model):
+    """One edit per candidate weight, scored by the given function; the one kept is the feasible
+    candidate with the highest utility (else the one that forgets most), applied exactly as a single
+    edit at that weight would be, and nothing but the projection changes."""
+    from clipforget.methods.edit import chosen_closed_form_edit, projection_parameters
+
+    data = make_data(n=8)
+    weights = (0.0, 1.0, 100.0)
+    scored = []
+
+    def score_fn(state):  # utility grows with the weight; the largest weight is made infeasible
+        scored.append({k: v.clone() for k, v in state.items()})
+        n = len(scored)
+        return float(n), (0.5 if n == len(weights) else 0.0)
+
+    config = ForgetConfig(target="project", solver="closed_form", retain_weights=weights, ridge=1e-3)
+    before = {k: v.clone() for k, v in model.weights().items()}
+    edited = clone_model(model)
+    info = chosen_closed_form_edit(edited, data, config, score_fn, forget_target=0.0)
+    assert [c["retain_weight"] for c in info["curve"]] == list(weights)
+    assert info["choice"]["retain_weight"] == 1.0 and info["choice"]["feasible"]
+    single = clone_model(model)
+    closed_form_edit(single, data, dataclasses.replace(config, retain_weight=1.0, retain_weights=()))
+    after, expected = edited.weights(), single.weights()
+    assert set(changed_keys(before, after)) == set(projection_parameters(model))
+    assert all(torch.allclose(after[k], expected[k], atol=1e-6) for k in after)
+    assert torch.equal(scored[1][projection_parameters(model)[0]], after[projection_parameters(model)[0]])
+
+    nothing_feasible = lambda state: (1.0, 0.9)  # noqa: E731 - ties everywhere: the earliest forgets most
+    info = chosen_closed_form_edit(clone_model(model), data, config, nothing_feasible, forget_target=0.0)
+    assert info["choice"]["retain_weight"] == 0.0 and not info["choice"]["feasible"]
+
+
 def test_closed_form_settings_are_checked():
     with pytest.raises(ValueError, match="target: project"):
         ForgetConfig(solver="closed_form")
+    with pytest.raises(ValueError, match="retain_weights"):
+        ForgetConfig(target="project", solver="closed_form", retain_weights=(1.0, 1.0))
     with pytest.raises(ValueError, match="ridge"):
         ForgetConfig(target="project", solver="closed_form", ridge=0)
     with pytest.raises(ValueError, match="solver"):

@@ -4,6 +4,7 @@ retain images' outputs in place (beyond the paper; docs/decisions.md, "A closed-
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clipforget.methods.core import UnlearnData
+from clipforget.methods.core import ScoreFn, UnlearnData
 from clipforget.methods.forget import ForgetConfig
 from clipforget.methods.losses import basis, encode_texts
-from clipforget.methods.scoring import forget_progress
+from clipforget.methods.scoring import best_candidate, feasible, forget_progress
 from clipforget.models.base import DualEncoder, projection_inputs
 from clipforget.zeroshot import build_zero_shot_classifier
 
@@ -167,4 +168,36 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     size = apply_edit(model, delta, mean)
     return {"solver": "closed_form", "parameters": changed, "edit_norm": size, "directions": terms.directions,
             "kept": 0 if terms.keep is None else terms.keep.count,
+            "before": before, "final": forget_progress(model, data), "stop_target": False}
+
+
+@torch.no_grad()
+def chosen_closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig, score_fn: ScoreFn,
+                            forget_target: float, forget_names: Sequence[str] = (),
+                            keep: Sequence[Tensor] = ()) -> dict[str, Any]:
+    """:func:`closed_form_edit` at each of ``config.retain_weights``, the one the run's rule picks kept.
+
+    Each candidate edit is applied to ``model``'s projection, scored by ``score_fn`` (utility, forget
+    accuracy of the held-out forget images) and taken back; the feasible candidate with the highest
+    utility is applied for good, else the one that forgets most. Returns what
+    :func:`closed_form_edit` returns, with the curve of candidates and the chosen weight.
+    """
+    changed = projection_parameters(model)
+    terms = edit_terms(model, data, config, forget_names, keep)
+    centre = bool(model.image_projection().bias)
+    original = {k: v.detach().clone() for k, v in model.named_weights() if k in changed}
+    before = forget_progress(model, data)
+    curve, edits = [], []
+    for weight in config.retain_weights:
+        delta, mean = solve_edit([dataclasses.replace(terms, retain_weight=weight)], config.ridge, centre=centre)
+        size = apply_edit(model, delta, mean)
+        utility, forget_acc = score_fn({k: v.detach().clone() for k, v in model.named_weights() if k in changed})
+        model.load_weights(original)
+        curve.append({"retain_weight": weight, "utility": utility, "forget_acc": forget_acc, "edit_norm": size})
+        edits.append((delta, mean))
+    pick = best_candidate(curve, forget_target)
+    size = apply_edit(model, *edits[pick])
+    return {"solver": "closed_form", "parameters": changed, "edit_norm": size, "directions": terms.directions,
+            "kept": 0 if terms.keep is None else terms.keep.count, "curve": curve,
+            "choice": {**curve[pick], "feasible": feasible(curve[pick], forget_target)},
             "before": before, "final": forget_progress(model, data), "stop_target": False}

@@ -67,6 +67,10 @@ class ForgetConfig(Config):
         solve, see :func:`closed_form_edit`. The selected layers are then left to the later stages.
     retain_weight: with "closed_form", the weight of keeping each retain image's output where it was,
         relative to moving each forget image's (per image).
+    retain_weights: with "closed_form", candidate retain weights instead of ``retain_weight`` alone: one
+        edit is solved per weight and each is scored by the run's one scoring function; the run keeps
+        the feasible edit with the highest utility, else the one that forgets most (the rule every
+        method picks its weights by, :func:`clipforget.methods.scoring.best_candidate`). Empty: off.
     name_overshoot: with "closed_form", the overshoot of the self-names' directions (their part not
         already spanned by the forget text and label); None: ``overshoot``. Pushing the subgroup far
         past its fine-grained name moves photos that look like it (docs/decisions.md).
@@ -103,6 +107,7 @@ class ForgetConfig(Config):
     overshoot: float = 0.0
     solver: Literal["gradient", "closed_form"] = "gradient"
     retain_weight: float = 1.0
+    retain_weights: tuple[float, ...] = ()
     name_overshoot: float | None = None
     keep_weight: float = 1.0
     ridge: float = 1.0
@@ -122,6 +127,9 @@ class ForgetConfig(Config):
         require(self.solver == "gradient" or self.target == "project",
                 f"solver 'closed_form' solves for the projection target; set target: project (got {self.target!r})")
         require(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
+        require(all(w >= 0 for w in self.retain_weights), f"retain_weights must all be >= 0, got {list(self.retain_weights)}")
+        require(len(set(self.retain_weights)) == len(self.retain_weights),
+                f"retain_weights {list(self.retain_weights)} names a weight twice; give each once")
         require(self.ridge > 0, f"ridge must be > 0, got {self.ridge}")
         require(self.keep_weight >= 0, f"keep_weight must be >= 0, got {self.keep_weight}")
         require(self.name_overshoot is None or 0 <= self.name_overshoot <= 4,

@@ -36,7 +36,7 @@ from clipforget.methods.fisher import (
     top_layers,
 )
 from clipforget.methods.core import UnlearnData, clone_model
-from clipforget.methods.edit import apply_edit, closed_form_edit, edit_terms, projection_parameters, solve_edit
+from clipforget.methods.edit import apply_edit, chosen_closed_form_edit, closed_form_edit, edit_terms, projection_parameters, solve_edit
 from clipforget.methods.forget import ForgetConfig, forget_progress, forget_stage
 from clipforget.methods.losses import tunes_text
 from clipforget.methods.naming import subgroup_names, vocabulary
@@ -220,8 +220,15 @@ class _Stages:
     def forget(self) -> tuple[dict[str, Any], StateDict]:
         run, config = self.run, self.config
         if config.forget.solver == "closed_form":
-            info = closed_form_edit(run.student, run.data, config.forget, self.forget_names,
-                                    keep=[f.images for f in run.forgotten])  # earlier subgroups stay put
+            keep = [f.images for f in run.forgotten]  # earlier subgroups stay put
+            if config.forget.retain_weights:
+                info = chosen_closed_form_edit(run.student, run.data, config.forget, run.score_fn, run.forget_target,
+                                               self.forget_names, keep=keep)
+                log.info("forget: retain weight %g of %s (utility %.3f, held-out forget accuracy %.3f)",
+                         info["choice"]["retain_weight"], ", ".join(str(w) for w in config.forget.retain_weights),
+                         info["choice"]["utility"], info["choice"]["forget_acc"])
+            else:
+                info = closed_form_edit(run.student, run.data, config.forget, self.forget_names, keep=keep)
             log.info("forget: closed-form edit of %s (relative size %.3f)", ", ".join(info["parameters"]), info["edit_norm"])
             return info, self.changed()
         info = forget_stage(run.student, run.data, self._tuning("forget"), config.forget, anchor=self._anchor("forget"),
