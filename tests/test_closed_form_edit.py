@@ -252,3 +252,6 @@ def test_only_the_closed_form_edit_joins_requests(model):
 
     with pytest.raises(ConfigError, match="one after another"):
         forget_together([(model, make_data()), (model, make_data(seed=1))], get_method("ours-paper").smoke_config())
+    candidates = get_method("ours").config_class().with_overrides(["forget.retain_weights=[0.1,1.0]"])
+    with pytest.raises(ConfigError, match="one retain weight"):
+        forget_together([(model, make_data()), (model, make_data(seed=1))], candidates)

@@ -73,7 +73,7 @@ def _joinable(method: str, method_cfg: Config, scenarios: Sequence[str | Path]) 
         raise ConfigError("forgetting together needs at least two scenarios; for one, run clipforget forget as usual")
     if method not in ("ours",) or not joins_requests(method_cfg):
         raise ConfigError(f"method {method!r} with this config cannot forget several scenarios in one run: only ours "
-                          "at its closed-form defaults (no remind, no souping) can; run the requests one after another "
+                          "at its closed-form defaults (one retain weight, no remind, no souping) can; run the requests one after another "
                           "(each continuing the model's ledger) instead")
     return method_cfg
 

@@ -266,10 +266,10 @@ class OursPaper(Ours):
 
 
 def joins_requests(config: Config) -> bool:
-    """Whether ``config`` (of ``ours``) can forget several requests in one run: the closed-form edit
-    with no remind and no restore stage, whose least-squares problems simply add up."""
+    """Whether ``config`` (of ``ours``) can forget several requests in one run: the closed-form edit at
+    one retain weight with no remind and no restore stage, whose least-squares problems simply add up."""
     return (isinstance(config, OursConfig) and config.forget.solver == "closed_form" and not config.use_remind
-            and not config.use_souping)
+            and not config.use_souping and not config.forget.retain_weights)
 
 
 @torch.no_grad()
@@ -285,8 +285,9 @@ def forget_together(requests: Sequence[tuple[DualEncoder, UnlearnData]], config:
     edit did to its held-out forget images.
     """
     if not joins_requests(config):
-        raise ConfigError("forgetting several scenarios in one run needs the closed-form edit without remind or "
-                          "souping (method ours at its defaults); run the requests one after another instead")
+        raise ConfigError("forgetting several scenarios in one run needs the closed-form edit at one retain weight "
+                          "without remind or souping (method ours at its defaults); run the requests one after another "
+                          "instead")
     student = clone_model(requests[0][0]).eval()
     terms, info = [], []
     for model, data in requests:
