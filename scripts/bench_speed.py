@@ -9,7 +9,10 @@
    loop (encode, normalise, multiply by the classifier) on the same model and images (aim ≥ 0.9×);
 3. a full ``ours`` run on a public scenario of the testbed (``run_forget``, no audit) against its floor:
    reading and preprocessing every image once, one image-tower forward per image, the label spaces'
-   text classifiers, timed on their own (aim ≤ 1.5×), with the run's time per stage;
+   text classifiers, timed on their own (aim ≤ 1.5×), with the run's time per stage. The run timed is
+   the process's second (its memos of classifiers and embeddings emptied first), on the floor's
+   footing: modules imported and sources listed, as they are when the floor is timed; the first
+   run's time is a row of its own;
 4. how a run's time and peak memory grow with |D_f|, |D_r|, the held-out size and the model width
    (open_clip ViTs of a few widths, synthetic images, ``ours`` at its defaults), one process per row;
    memory is the peak RSS above what the process held once the model was loaded (Linux ``VmHWM``);
@@ -130,7 +133,14 @@ def full_run(scenario: str) -> list[str]:
     from clipforget.app.runner import run_forget
     from clipforget.zeroshot import build_zero_shot_classifier, compute_image_embeddings
 
+    from clipforget import zeroshot
+
     with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        run_forget("testbed", scenario, Path(out) / "cold", audit=False)
+        cold = time.perf_counter() - start
+        zeroshot._MEMO.clear()  # the second run computes every classifier and embedding again
+        zeroshot._EMB_MEMO.clear()
         start = time.perf_counter()
         run_forget("testbed", scenario, Path(out) / "run", audit=False)
         wall = time.perf_counter() - start
@@ -154,9 +164,11 @@ def full_run(scenario: str) -> list[str]:
     text = time.perf_counter() - start
     floor = read + forward + text
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if v >= 0.05)
-    return [f"| full `ours` run on {scenario} (testbed, no audit) | {wall:.1f} s | {floor:.1f} s (floor: read + preprocess "
-            f"{read:.1f} s, one image forward each {forward:.1f} s, text classifiers {text:.1f} s) | {wall / floor:.2f}× | ≤ 1.5× |",
-            f"| ... its stages | {stages} | | | |"]
+    return [f"| full `ours` run on {scenario} (testbed, no audit; the process's second run) | {wall:.1f} s | {floor:.1f} s "
+            f"(floor: read + preprocess {read:.1f} s, one image forward each {forward:.1f} s, text classifiers {text:.1f} s) "
+            f"| {wall / floor:.2f}× | ≤ 1.5× |",
+            f"| ... its stages | {stages} | | | |",
+            f"| the same run first in its process (imports, source listings) | {cold:.1f} s | {floor:.1f} s | {cold / floor:.2f}× | |"]
 
 
 def growth_row(args: list[str]) -> dict:

@@ -1,10 +1,11 @@
 """One bench table (mean ± std over seeds) from cells run into several bench folders or documented as rows.
 
-    python scripts/seed_table.py runs/bench-ours/results.json runs/bench-rest/results.json \
-        docs/results/photo-baselines-documented.csv [--columns heldout/imagenette-1000way]
+    python scripts/seed_table.py docs/results/photo-bench-cells.csv [more results.json or CSV files]
+        [--columns heldout/imagenette-1000way]
 
 Each argument is a bench's ``results.json`` (its cells, with the original model's figures) or a CSV in
-the bench's ``results.csv`` layout (cells documented elsewhere; a ``source`` column says where from).
+the bench's ``results.csv`` layout (cells documented elsewhere; a ``source`` column says where from; a
+row with method ``original`` gives the original model's figures).
 A cell that appears twice (same scenario, method and seed) is refused. The table keeps the paper's
 columns the cells share (Target, Retain, Score and the held-out sets named by ``--columns``) and the
 audit's; times are left out, since the cells ran in different sessions and under different loads.
@@ -45,6 +46,10 @@ def main() -> None:
                         help="held-out columns to keep (every cell must have them)")
     args = parser.parse_args()
     cells = [c for f in args.files for c in read_cells(f, tuple(args.columns))]
+    originals = {c["scenario"]: {k: v for k, v in c.items() if k in (*KEPT, *args.columns)}
+                 for c in cells if c["method"] == "original"}
+    cells = [c for c in cells if c["method"] != "original"]
+    originals.update({c["scenario"]: c["original"] for c in cells if "original" in c})
     seen: dict[tuple, int] = {}
     for c in cells:
         key = (c["scenario"], c["method"], c["seed"])
@@ -54,10 +59,10 @@ def main() -> None:
         missing = [k for k in ("target", "retain", "score", *args.columns) if k not in c]
         if missing:
             raise SystemExit(f"cell {key} lacks {missing}; drop it or the column (--columns)")
-    originals = {c["scenario"]: c["original"] for c in cells if "original" in c}
     for c in cells:
         if c["scenario"] not in originals:
-            raise SystemExit(f"no results.json gives the original model of {c['scenario']}; add one of its bench folders")
+            raise SystemExit(f"nothing gives the original model of {c['scenario']}: add a results.json of one of its "
+                             "bench folders, or a CSV row with method 'original'")
         c["original"] = originals[c["scenario"]]
     print(markdown_table(cells), end="")
 
