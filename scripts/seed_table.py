@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-from clipforget.app.bench_tables import markdown_table
+from clipforget.app.bench_tables import scenario_tables
 
 KEPT = ("target", "retain", "score", "audit/target_worst", "audit/search_share", "audit/search_chance", "audit/relearn@10")
 
@@ -64,7 +64,13 @@ def main() -> None:
             raise SystemExit(f"nothing gives the original model of {c['scenario']}: add a results.json of one of its "
                              "bench folders, or a CSV row with method 'original'")
         c["original"] = originals[c["scenario"]]
-    print(markdown_table(cells), end="")
+    parts = []
+    for scenario, head, lines, note in scenario_tables(cells):
+        head, lines = head[:-1], [line[:-1] for line in lines]  # no time column: the cells ran under other loads
+        md = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(line) + " |" for line in lines]
+        parts.append("\n".join(md + (["", note.replace(" Time excludes the audit.", "")] if note else [])))
+    print("\n\n".join(parts))
 
 
 if __name__ == "__main__":
