@@ -139,8 +139,7 @@ def full_run(scenario: str) -> list[str]:
         start = time.perf_counter()
         run_forget("testbed", scenario, Path(out) / "cold", audit=False)
         cold = time.perf_counter() - start
-        zeroshot._MEMO.clear()  # the second run computes every classifier and embedding again
-        zeroshot._EMB_MEMO.clear()
+        zeroshot.clear_memos()  # the second run computes every classifier and embedding again
         start = time.perf_counter()
         run_forget("testbed", scenario, Path(out) / "run", audit=False)
         wall = time.perf_counter() - start

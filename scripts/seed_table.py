@@ -18,7 +18,7 @@ import csv
 import json
 from pathlib import Path
 
-from clipforget.app.bench_tables import scenario_tables
+from clipforget.app.bench_tables import markdown_table
 
 KEPT = ("target", "retain", "score", "audit/target_worst", "audit/search_share", "audit/search_chance", "audit/relearn@10")
 
@@ -50,12 +50,12 @@ def main() -> None:
                  for c in cells if c["method"] == "original"}
     cells = [c for c in cells if c["method"] != "original"]
     originals.update({c["scenario"]: c["original"] for c in cells if "original" in c})
-    seen: dict[tuple, int] = {}
+    seen: set[tuple] = set()
     for c in cells:
         key = (c["scenario"], c["method"], c["seed"])
         if key in seen:
             raise SystemExit(f"cell {key} appears twice; give each cell once")
-        seen[key] = 1
+        seen.add(key)
         missing = [k for k in ("target", "retain", "score", *args.columns) if k not in c]
         if missing:
             raise SystemExit(f"cell {key} lacks {missing}; drop it or the column (--columns)")
@@ -64,13 +64,7 @@ def main() -> None:
             raise SystemExit(f"nothing gives the original model of {c['scenario']}: add a results.json of one of its "
                              "bench folders, or a CSV row with method 'original'")
         c["original"] = originals[c["scenario"]]
-    parts = []
-    for scenario, head, lines, note in scenario_tables(cells):
-        head, lines = head[:-1], [line[:-1] for line in lines]  # no time column: the cells ran under other loads
-        md = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        md += ["| " + " | ".join(line) + " |" for line in lines]
-        parts.append("\n".join(md + (["", note.replace(" Time excludes the audit.", "")] if note else [])))
-    print("\n\n".join(parts))
+    print(markdown_table(cells, times=False), end="")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,12 @@ _MEMO_SIZE = 8
 _MEMO_MIN_PROMPTS = 256
 
 
+def clear_memos() -> None:
+    """Forget every remembered classifier and image embedding (the next call computes them again)."""
+    _MEMO.clear()
+    _EMB_MEMO.clear()
+
+
 def _memo_key(model: DualEncoder, classnames: Sequence[str], templates: Sequence[str]) -> str:
     text_side = {k: v for k, v in model.weights().items() if model.tower_of(k) != "image"}
     payload = json.dumps({"text_side": state_dict_digest(text_side), "classnames": list(classnames),

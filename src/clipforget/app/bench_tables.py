@@ -122,10 +122,13 @@ def scenario_tables(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[s
     return tables
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """:func:`scenario_tables` as Markdown, one ``###`` section per scenario."""
+def markdown_table(rows: Sequence[Mapping[str, Any]], *, times: bool = True) -> str:
+    """:func:`scenario_tables` as Markdown, one ``###`` section per scenario; ``times`` False leaves the
+    time column out (cells that ran under different loads)."""
     parts = []
     for scenario, head, lines, note in scenario_tables(rows):
+        if not times:
+            head, lines, note = head[:-1], [line[:-1] for line in lines], note.replace(" Time excludes the audit.", "")
         md = [f"### {scenario}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         md += ["| " + " | ".join(line) + " |" for line in lines]
         if note:

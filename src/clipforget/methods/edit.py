@@ -166,6 +166,12 @@ def closed_form_edit(model: DualEncoder, data: UnlearnData, config: ForgetConfig
     delta, mean = solve_edit([terms], config.ridge, centre=bool(model.image_projection().bias))
     before = forget_progress(model, data)
     size = apply_edit(model, delta, mean)
+    return _edit_info(model, data, changed, terms, size, before)
+
+
+def _edit_info(model: DualEncoder, data: UnlearnData, changed: list[str], terms: EditTerms, size: float,
+               before: dict[str, float]) -> dict[str, Any]:
+    """What a closed-form forget stage reports once its edit is applied."""
     return {"solver": "closed_form", "parameters": changed, "edit_norm": size, "directions": terms.directions,
             "kept": 0 if terms.keep is None else terms.keep.count,
             "before": before, "final": forget_progress(model, data), "stop_target": False}
@@ -185,19 +191,22 @@ def chosen_closed_form_edit(model: DualEncoder, data: UnlearnData, config: Forge
     changed = projection_parameters(model)
     terms = edit_terms(model, data, config, forget_names, keep)
     centre = bool(model.image_projection().bias)
-    original = {k: v.detach().clone() for k, v in model.named_weights() if k in changed}
+    params = dict(model.named_weights())
+
+    def projection() -> dict[str, Tensor]:
+        return {k: params[k].detach().clone() for k in changed}
+
+    original = projection()
     before = forget_progress(model, data)
     curve, edits = [], []
     for weight in config.retain_weights:
         delta, mean = solve_edit([dataclasses.replace(terms, retain_weight=weight)], config.ridge, centre=centre)
         size = apply_edit(model, delta, mean)
-        utility, forget_acc = score_fn({k: v.detach().clone() for k, v in model.named_weights() if k in changed})
+        utility, forget_acc = score_fn(projection())
         model.load_weights(original)
         curve.append({"retain_weight": weight, "utility": utility, "forget_acc": forget_acc, "edit_norm": size})
         edits.append((delta, mean))
     pick = best_candidate(curve, forget_target)
     size = apply_edit(model, *edits[pick])
-    return {"solver": "closed_form", "parameters": changed, "edit_norm": size, "directions": terms.directions,
-            "kept": 0 if terms.keep is None else terms.keep.count, "curve": curve,
-            "choice": {**curve[pick], "feasible": feasible(curve[pick], forget_target)},
-            "before": before, "final": forget_progress(model, data), "stop_target": False}
+    return {**_edit_info(model, data, changed, terms, size, before), "curve": curve,
+            "choice": {**curve[pick], "feasible": feasible(curve[pick], forget_target)}}
