@@ -7,7 +7,8 @@ Each JSON object holds ForgetConfig fields (``target=project`` and ``solver=clos
 (:func:`clipforget.methods.edit.closed_form_edit`) on the run's 80% of D_f for the seed; images are
 reduced once to the projection's inputs, so each edit is scored in seconds: Target, Retain, each
 held-out set, the paper's Score, and the audit's worst-prompt Target and search share (the audit's
-aliases and template sets; no relearning, no souping). What it cannot see: the restore stage's alpha,
+aliases and template sets; no souping). ``--relearn`` adds the audit's relearning Target after 10
+steps on the projection (its 10 images, rate and seed), at a few seconds per edit. What it cannot see: the restore stage's alpha,
 which scales the edit back in a real run.
 """
 
@@ -20,11 +21,12 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from clipforget.audit.config import template_set
-from clipforget.audit.measures import renamed_classifiers, retrieval
+from clipforget.audit.config import AuditConfig, template_set
+from clipforget.audit.measures import relearn_curve, renamed_classifiers, retrieval
 from clipforget.audit.roads import gallery_sets
 from clipforget.methods.core import clone_model
-from clipforget.methods.edit import closed_form_edit
+from clipforget.methods.base import stage_generator
+from clipforget.methods.edit import closed_form_edit, projection_parameters
 from clipforget.methods.forget import ForgetConfig
 from clipforget.methods.naming import subgroup_names, vocabulary
 from clipforget.methods.scoring import split_forget
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("scenario")
     parser.add_argument("grid", help="a JSON list of ForgetConfig overrides")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--relearn", action="store_true", help="also relearn each edit as the bench audit does")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_grad_enabled(False)
@@ -60,6 +63,15 @@ def main() -> None:
     subgroup = torch.cat([torch.full((len(v),), k == "target") for k, v in keep.items()])
     queries = build_zero_shot_classifier(base, list(dict.fromkeys([splits.forget_text, *(f"a photo of a {a}." for a in names[1:])])), ["{}"])
 
+    audit = AuditConfig()
+    shots = images.forget_train[torch.randperm(len(images.forget_train), generator=stage_generator(args.seed, "audit/relearn"))[:audit.relearn_k]]
+
+    def relearned(model) -> float:
+        with torch.enable_grad():
+            curve = relearn_curve(model, shots, images.target.images, splits, projection_parameters(model), steps=[10],
+                                  lr=audit.relearn_lr, desc="relearn")
+        return round(curve["10"], 1)
+
     def score(model) -> dict:
         proj = model.image_projection()
         params = dict(model.named_weights())
@@ -73,7 +85,8 @@ def main() -> None:
         return {"score": round(paper_score(metrics, original), 1), "target": round(metrics.target, 1),
                 "retain": round(metrics.retain, 1), "heldout": {k: round(v, 1) for k, v in metrics.heldout.items()},
                 "worst_prompt": round(worst, 1), "search": round(search, 1),
-                "search_chance": round(100.0 * float(subgroup.float().mean()), 1)}
+                "search_chance": round(100.0 * float(subgroup.float().mean()), 1),
+                **({"relearn": relearned(model)} if args.relearn else {})}
 
     print(json.dumps({"original": score(base)}))
     for overrides in json.loads(args.grid):

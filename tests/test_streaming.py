@@ -1,4 +1,5 @@
-"""Held-out sets streamed from disk, and image embeddings remembered while the image side is unchanged."""
+"""Image sets streamed from disk (held out, test and training sets), and image embeddings remembered
+while the image side is unchanged."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from clipforget.app.cli import main
 from clipforget.config import ConfigError
 from clipforget.data import StreamedImages, Streaming, build_scenario, load_images, load_scenario_config, open_sources
 from clipforget.models import load_model
-from clipforget.app.prepare import images_digest, load_scenario_images
+from clipforget.app.prepare import images_digest, load_scenario_images, unlearn_data
+from clipforget.data.loading import join, take
+from clipforget.methods import get_method, list_methods
 from clipforget.app.runner import run_forget
 from clipforget import zeroshot
 
@@ -64,17 +67,60 @@ def test_identity_names_the_records_and_the_steps(fruit, model):
     assert a.identity() != a.then("prefix", lambda x: x).identity()
 
 
-def test_held_out_sets_stream_above_the_threshold_and_nothing_else_does(scenario, model):
+def test_a_streamed_set_is_indexed_as_its_tensor_would_be(fruit, model):
+    records, sources = fruit
+    stacked = load_images(records, sources, model.preprocess)
+    streamed = StreamedImages(records, sources, model.preprocess, workers=2)
+    index = torch.tensor([7, 0, 7, 3])
+    assert torch.equal(streamed[index], stacked[index]) and torch.equal(streamed[2], stacked[2])
+    assert torch.equal(streamed[3:9:2], stacked[3:9:2]) and streamed[5:5].shape == (0, *stacked.shape[1:])
+    assert streamed.shape == stacked.shape and streamed.ndim == 4
+    assert torch.equal(take(streamed, index).load(), stacked[index])  # a subset is still streamed
+    assert torch.equal(take(stacked, index), stacked[index])
+    assert torch.equal(join(streamed.subset(slice(0, 4)), streamed.subset(slice(4, None))).load(), stacked)
+    assert torch.equal(streamed.then("twice", lambda x: 2 * x)[index], 2 * stacked[index])
+    with pytest.raises(ValueError, match="stream both or neither"):
+        join(streamed, stacked)
+
+
+def test_every_set_streams_above_the_threshold(scenario, model):
     config = load_scenario_config(scenario)
     splits, sources = build_scenario(config), open_sources(config)
-    kept = load_scenario_images(splits, sources, model.preprocess)
-    streamed = load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(above_mib=0))
-    assert isinstance(streamed.heldout["fruit"].images, StreamedImages)
-    assert isinstance(kept.heldout["fruit"].images, torch.Tensor)
-    for name in ("retain_train", "calibration", "target", "retain"):  # the scenario's own classes stay in memory
-        assert isinstance(getattr(streamed, name).images, torch.Tensor), name
-    assert torch.equal(streamed.heldout["fruit"].images.load(), kept.heldout["fruit"].images)
-    assert images_digest(streamed) != images_digest(kept)  # a resume key says how the images were held
+    kept = load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(workers=1))  # read in a worker
+    everything = load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(above_mib=0))
+    sets = {"forget_train": lambda s: s.forget_train, **{k: (lambda s, k=k: getattr(s, k).images) for k in
+            ("retain_train", "calibration", "target", "retain")}, "fruit": lambda s: s.heldout["fruit"].images}
+    for name, get in sets.items():
+        assert isinstance(get(kept), torch.Tensor) and isinstance(get(everything), StreamedImages), name
+        assert torch.equal(get(everything).load(), get(kept)), name
+    sizes = {name: get(kept).numel() * 4 / 2**20 for name, get in sets.items()}
+    middle = sorted(set(sizes.values()))[len(set(sizes.values())) // 2]  # the larger half streams
+    some = load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(above_mib=middle - 1e-9))
+    assert {n for n, get in sets.items() if isinstance(get(some), StreamedImages)} == {n for n, v in sizes.items() if v >= middle}
+    assert images_digest(everything) != images_digest(kept)  # a resume key says how the images were held
+
+
+@pytest.mark.parametrize("name", sorted(set(list_methods()) - {"ours-paper"}))
+def test_every_method_trains_on_streamed_sets_as_on_tensors(scenario, model, name):
+    config = load_scenario_config(scenario)
+    splits, sources = build_scenario(config), open_sources(config)
+    method = get_method(name)
+    weights = {}
+    for how, streaming in (("memory", Streaming()), ("streamed", Streaming(above_mib=0))):
+        data = unlearn_data(splits, load_scenario_images(splits, sources, model.preprocess, streaming=streaming))
+        assert isinstance(data.retain_images, StreamedImages) == (how == "streamed")
+        weights[how] = method.run(copy.deepcopy(model), data, method.smoke_config(), seed=0).model.weights()
+    for k, v in weights["memory"].items():
+        assert torch.allclose(weights["streamed"][k], v, atol=1e-5), (name, k)
+
+
+def test_alignment_on_a_streamed_retain_set_is_refused_clearly(scenario, model):
+    config = load_scenario_config(scenario)
+    splits, sources = build_scenario(config), open_sources(config)
+    data = unlearn_data(splits, load_scenario_images(splits, sources, model.preprocess, streaming=Streaming(above_mib=0)))
+    method = get_method("ours-paper")
+    with pytest.raises(ConfigError, match=r"alignment .* needs the set in memory.*--stream-above"):
+        method.run(copy.deepcopy(model), data, method.smoke_config(), seed=0)
 
 
 def _saved_rn(tmp_path: Path):

@@ -50,9 +50,9 @@ def label_indices(eval_set: EvalSet) -> Tensor:
 
 @dataclass(frozen=True)
 class ScenarioImages:
-    """Every split of a scenario as preprocessed tensors for one model's preprocessing."""
+    """Every split of a scenario preprocessed for one model: tensors, or sets streamed from their files."""
 
-    forget_train: Tensor
+    forget_train: Tensor | StreamedImages
     retain_train: LabelledImages
     calibration: LabelledImages
     target: LabelledImages

@@ -45,34 +45,35 @@ log = logging.getLogger(__name__)
 
 def load_scenario_images(splits: ScenarioSplits, sources: Mapping[str, Any], preprocess, *, batch_size: int = 64,
                          streaming: Streaming = Streaming()) -> ScenarioImages:
-    """Every split of ``splits`` preprocessed for one model: as tensors, except the held-out sets that
-    ``streaming`` streams (:class:`~clipforget.data.StreamedImages`, read again at every pass). The
-    training sets, Target and Retain are the scenario's own classes and are always kept in memory."""
+    """Every split of ``splits`` preprocessed for one model, read by ``streaming``'s DataLoader workers:
+    as tensors, except the sets ``streaming`` streams (:class:`~clipforget.data.StreamedImages`, read
+    again at every pass; a training set is read a batch at a time as a method draws it)."""
+    workers = streaming.worker_count()
+
+    def images_of(records, desc: str) -> Any:
+        streamed = StreamedImages(records, sources, preprocess, workers=workers)
+        size = streamed.decoded_bytes()
+        if size > streaming.above_mib * 2**20:
+            log.info("%s (%d images, %.0f MiB preprocessed) is streamed from its files", desc, len(streamed), size / 2**20)
+            return streamed
+        return load_images(records, sources, preprocess, batch_size=batch_size, num_workers=workers, desc=desc)
 
     def labelled(records, classnames, templates, desc) -> LabelledImages:
         index = {c: i for i, c in enumerate(classnames)}
         labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
-        return LabelledImages(load_images(records, sources, preprocess, batch_size=batch_size, desc=desc), labels,
-                              tuple(classnames), tuple(templates))
+        return LabelledImages(images_of(records, desc), labels, tuple(classnames), tuple(templates))
 
-    def eval_set(s, may_stream: bool = False) -> LabelledImages:
-        images: Any = StreamedImages(s.records, sources, preprocess, workers=streaming.worker_count()) if may_stream else None
-        size = images.decoded_bytes() if images is not None else 0
-        if size > streaming.above_mib * 2**20:
-            log.info("held-out set %s (%d images, %.0f MiB preprocessed) is streamed at every pass", s.name,
-                     len(images), size / 2**20)
-        else:
-            images = load_images(s.records, sources, preprocess, batch_size=batch_size, desc=s.name)
-        return LabelledImages(images, label_indices(s), s.classnames, s.templates)
+    def eval_set(s) -> LabelledImages:
+        return LabelledImages(images_of(s.records, s.name), label_indices(s), s.classnames, s.templates)
 
     calib_names = list(splits.classnames) + sorted({r.label for r in splits.calibration} - set(splits.classnames))
     return ScenarioImages(
-        forget_train=load_images(splits.forget_train, sources, preprocess, batch_size=batch_size, desc="forget set"),
+        forget_train=images_of(splits.forget_train, "forget set"),
         retain_train=labelled(splits.retain_train, splits.classnames, splits.templates, "retain set"),
         calibration=labelled(splits.calibration, calib_names, splits.templates, "calibration set"),
         target=eval_set(splits.target),
         retain=eval_set(splits.retain),
-        heldout={s.name: eval_set(s, may_stream=True) for s in splits.heldout},
+        heldout={s.name: eval_set(s) for s in splits.heldout},
     )
 
 
@@ -131,11 +132,10 @@ class Prepared:
             else:
                 log.info("image stages before %s are frozen: computing their activations once for every set", image_prefix)
                 view = FrozenImagePrefix(self.model, image_prefix)
-                mapped = {k: view.prefix(getattr(data, k), batch_size) for k in
+                fn, tag = functools.partial(view.prefix, batch_size=batch_size), f"frozen image stages before {image_prefix}"
+                mapped = {k: _mapped(getattr(data, k), fn, tag) for k in
                           ("forget_images", "retain_images", "calibration_images") if getattr(data, k) is not None}
-                self._views[image_prefix] = TrainingView(view, dataclasses.replace(data, **mapped),
-                                                         map_images(self.images, functools.partial(view.prefix, batch_size=batch_size),
-                                                                    f"frozen image stages before {image_prefix}"),
+                self._views[image_prefix] = TrainingView(view, dataclasses.replace(data, **mapped), map_images(self.images, fn, tag),
                                                          ledgers.forgotten_sets(self.earlier, view, batch_size=batch_size))
         return self._views[image_prefix]
 
@@ -155,7 +155,9 @@ def images_digest(images: ScenarioImages) -> str:
     sets = {"forget_train": images.forget_train, **{k: getattr(images, k) for k in ("retain_train", "calibration", "target", "retain")},
             **{f"heldout/{k}": v for k, v in images.heldout.items()}}
     for name, value in sets.items():
-        if isinstance(value, LabelledImages) and isinstance(value.images, StreamedImages):
+        if isinstance(value, StreamedImages):
+            content = f"streamed {value.identity()}"
+        elif isinstance(value, LabelledImages) and isinstance(value.images, StreamedImages):
             content = f"streamed {value.images.identity()} {state_dict_digest({'labels': value.labels})}"
         else:
             tensors = {"images": value} if isinstance(value, torch.Tensor) else {"images": value.images, "labels": value.labels}
@@ -170,11 +172,15 @@ def map_images(images: ScenarioImages, fn, tag: str | None = None) -> ScenarioIm
     tag = tag or getattr(fn, "__qualname__", type(fn).__qualname__)
 
     def lab(x: LabelledImages) -> LabelledImages:
-        mapped = x.images.then(tag, fn) if isinstance(x.images, StreamedImages) else fn(x.images)
-        return dataclasses.replace(x, images=mapped)
+        return dataclasses.replace(x, images=_mapped(x.images, fn, tag))
 
-    return ScenarioImages(fn(images.forget_train), lab(images.retain_train), lab(images.calibration), lab(images.target),
-                          lab(images.retain), {k: lab(v) for k, v in images.heldout.items()})
+    return ScenarioImages(_mapped(images.forget_train, fn, tag), lab(images.retain_train), lab(images.calibration),
+                          lab(images.target), lab(images.retain), {k: lab(v) for k, v in images.heldout.items()})
+
+
+def _mapped(images: Any, fn, tag: str) -> Any:
+    """``fn`` of a tensor now, or of a streamed set at every batch (a step named ``tag``)."""
+    return images.then(tag, fn) if isinstance(images, StreamedImages) else fn(images)
 
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,

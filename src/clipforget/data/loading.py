@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -72,9 +73,12 @@ class StreamedImages:
     """Images of ``records`` read, decoded and preprocessed at every pass, in DataLoader workers.
 
     Stands where an image tensor (N, C, H, W) would, for a set too large to keep in memory: memory
-    holds one batch per worker, not the set. ``then`` adds a per-batch step run in the main process
-    (a frozen prefix of the image tower); ``identity`` names the content (records, the first
-    preprocessed image, the steps) for resume keys and embedding memos.
+    holds one batch per worker, not the set. A pass over the set (:meth:`batches`) reads it through a
+    DataLoader; indexing (``images[i]``, ``images[a:b]``, ``images[index_tensor]``: a training
+    batch) reads those images now, ``workers`` threads at a time, and returns them as one tensor;
+    ``len``, ``shape`` and ``ndim`` answer as the tensor's would. ``then`` adds a per-batch step run
+    in the main process without gradient (a frozen prefix of the image tower); ``identity`` names
+    the content (records, the first preprocessed image, the steps) for resume keys and embedding memos.
     """
 
     def __init__(self, records: Sequence[Record], sources: Mapping[str, ImageSource], transform: Transform, *,
@@ -98,8 +102,41 @@ class StreamedImages:
         """The same images with ``step`` applied to every batch after preprocessing; ``tag`` names it."""
         return self._with(self.records, (*self.steps, (tag, step)))
 
-    def subset(self, index: slice) -> "StreamedImages":
-        return self._with(self.records[index], self.steps)
+    def subset(self, index: slice | Sequence[int] | Tensor) -> "StreamedImages":
+        """The images at ``index`` (a slice or positions), still streamed."""
+        return self._with(self.records[index] if isinstance(index, slice) else tuple(self.records[i] for i in _positions(index)),
+                          self.steps)
+
+    def join(self, other: "StreamedImages") -> "StreamedImages":
+        """These images followed by ``other``'s, still streamed; both must share sources, transform and steps."""
+        if (other.dataset.sources, other.dataset.transform) != (self.dataset.sources, self.dataset.transform) or \
+                [t for t, _ in other.steps] != [t for t, _ in self.steps]:
+            raise ValueError("only streamed sets of the same sources, transform and steps can be joined")
+        return self._with(self.records + other.records, self.steps)
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Tensor:
+        if isinstance(index, int):
+            return self[[index]][0]
+        positions = range(len(self))[index] if isinstance(index, slice) else _positions(index)
+        if not positions:
+            return torch.empty((0, *self.shape[1:]))
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            images = torch.stack(list(pool.map(lambda i: self.dataset[i][0], positions)))
+        return self._stepped(images)
+
+    def _stepped(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            for _, step in self.steps:
+                images = step(images)
+        return images
+
+    @functools.cached_property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self[:1].shape[1:]))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     def _with(self, records, steps) -> "StreamedImages":
         return StreamedImages(records, self.dataset.sources, self.dataset.transform, workers=self.workers, steps=steps)
@@ -108,9 +145,7 @@ class StreamedImages:
         """Every image once, in record order, ``batch_size`` at a time, with the steps applied."""
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False, num_workers=self.workers)
         for images, _ in loader:
-            for _, step in self.steps:
-                images = step(images)
-            yield images
+            yield self._stepped(images)
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
@@ -141,13 +176,36 @@ class StreamedImages:
         return len(self) * self._first.numel() * self._first.element_size()
 
 
+def _positions(index: Sequence[int] | Tensor) -> list[int]:
+    return [int(i) for i in (index.reshape(-1).tolist() if isinstance(index, Tensor) else index)]
+
+
+Images = Tensor | StreamedImages
+"""A set of preprocessed images: in memory, or streamed from its files."""
+
+
+def take(images: Images, index: slice | Sequence[int] | Tensor) -> Images:
+    """The images at ``index``: a tensor indexed, a streamed set's subset (still streamed)."""
+    return images.subset(index) if isinstance(images, StreamedImages) else images[index]
+
+
+def join(first: Images, second: Images) -> Images:
+    """``first`` followed by ``second``: both tensors (concatenated) or both streamed (still streamed)."""
+    if isinstance(first, StreamedImages) and isinstance(second, StreamedImages):
+        return first.join(second)
+    if isinstance(first, Tensor) and isinstance(second, Tensor):
+        return torch.cat([first, second.to(first.device)])
+    raise ValueError("a set kept in memory and a streamed one cannot be joined; stream both or neither "
+                     "(--stream-above applies to every set)")
+
+
 @dataclass(frozen=True)
 class Streaming:
-    """Which held-out sets are streamed (:class:`StreamedImages`) instead of kept in memory.
+    """Which image sets are streamed (:class:`StreamedImages`) instead of kept in memory.
 
-    ``above_mib``: a held-out set whose preprocessed images would take more than this many MiB is
-    streamed (0: every held-out set). ``workers``: DataLoader workers that read and preprocess a
-    streamed set (None: :func:`default_workers`; 0: the main process).
+    ``above_mib``: a set (training, test or held out) whose preprocessed images would take more than
+    this many MiB is streamed (0: every set). ``workers``: DataLoader workers that read and preprocess
+    every set, kept or streamed (None: :func:`default_workers`; 0: the main process).
     """
 
     above_mib: float = 1024.0
@@ -155,7 +213,7 @@ class Streaming:
 
     def __post_init__(self) -> None:
         if not self.above_mib >= 0:  # NaN too
-            raise ConfigError(f"the streaming threshold must be 0 MiB or more (0 streams every held-out set); "
+            raise ConfigError(f"the streaming threshold must be 0 MiB or more (0 streams every set); "
                              f"got {self.above_mib}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"DataLoader workers must be 0 or more (0 reads in the main process); got {self.workers}")
@@ -165,5 +223,5 @@ class Streaming:
 
 
 def default_workers() -> int:
-    """DataLoader workers for streamed sets: one core is left to the main process, at most 8."""
+    """DataLoader workers reading image sets: one core is left to the main process, at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clipforget.config import Config, require
+from clipforget.config import Config, ConfigError, require
+from clipforget.data.loading import Images, StreamedImages
 from clipforget.methods.training import BatchStream, TrainConfig, train_loop
 from clipforget.models.base import DualEncoder
 
@@ -77,9 +78,18 @@ def norm_targets(model: DualEncoder, calibration_images: Tensor | None) -> Stats
         return {n: (m.running_mean.float(), m.running_var.float()) for n, m in layers.items()}
     if calibration_images is None or not layers:
         return None
+    _in_memory(calibration_images, "the calibration set")
     with record_stats(model) as stats:
         model.encode_image(calibration_images.to(model.device))
     return dict(stats)
+
+
+def _in_memory(images: Images, what: str) -> None:
+    if isinstance(images, StreamedImages):
+        raise ConfigError(f"alignment perturbs every image of {what} (and reads the calibration statistics in one "
+                          f"pass), so it needs the set in memory, but {what} is streamed from its files; raise "
+                          "--stream-above (Streaming.above_mib) above its size, or turn alignment off "
+                          "(use_alignment: false)")
 
 
 def stats_distance(stats: Stats, targets: Stats) -> Tensor:
@@ -92,6 +102,7 @@ def align_images(
     model: DualEncoder, images: Tensor, targets: Stats, config: AlignConfig, generator: torch.Generator
 ) -> tuple[Tensor, dict[str, Any]]:
     """Return ``images`` plus a bounded perturbation minimising the statistics distance."""
+    _in_memory(images, "the retain set")
     model.eval()
     images = images.to(model.device)
     p = nn.Parameter(torch.zeros_like(images))

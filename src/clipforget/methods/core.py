@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from clipforget.config import require
+from clipforget.data.loading import Images
 from clipforget.models.base import DualEncoder
 
 StateDict = dict[str, Tensor]
@@ -23,7 +24,9 @@ ScoreFn = Callable[[Mapping[str, Tensor]], tuple[float, float]]
 class UnlearnData:
     """One forgetting task in memory (the pipeline builds it from a scenario).
 
-    - ``forget_images``: (N, 3, H, W) preprocessed images of the subgroup to forget (D_f).
+    - ``forget_images``: (N, 3, H, W) preprocessed images of the subgroup to forget (D_f). Every image
+      set here is a tensor or a :class:`~clipforget.data.StreamedImages` (indexed like one, read
+      from its files a batch at a time).
     - ``forget_text``: the text the forget images are paired with (e.g. "a photo of a marmoset").
     - ``retain_images``, ``retain_labels``: (M, 3, H, W) sibling-subgroup images (D_r) and their
       class indices into ``classnames``.
@@ -34,14 +37,14 @@ class UnlearnData:
     - ``forget_label``: index into ``classnames`` of the class the forgotten subgroup belongs to.
     """
 
-    forget_images: Tensor
+    forget_images: Images
     forget_text: str
-    retain_images: Tensor
+    retain_images: Images
     retain_labels: Tensor
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
     forget_label: int
-    calibration_images: Tensor | None = None
+    calibration_images: Images | None = None
     calibration_labels: Tensor | None = None
     calibration_classnames: tuple[str, ...] | None = None
 

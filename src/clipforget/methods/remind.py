@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clipforget.config import Config, require
+from clipforget.data.loading import Images, StreamedImages, join
 from clipforget.methods.adapters import Tuning
 from clipforget.methods.anchor import TextAnchor
 from clipforget.methods.core import UnlearnData
@@ -89,8 +90,8 @@ def remind_stage(
     teacher.eval()
     pool = retain_images
     if use_distillation and config.use_calibration and data.calibration_images is not None:
-        pool = torch.cat([retain_images, data.calibration_images.to(retain_images.device)])
-    pool = pool.to(student.device)
+        pool = join(retain_images, data.calibration_images)
+    pool = pool.to(student.device) if isinstance(pool, Tensor) else pool
     original = embed_images(teacher, data.forget_images) if forget.needs_original_embeddings else None
     loss_fn = _RemindLoss(
         student, config, use_distillation, anchor, pool, data.retain_labels.to(student.device),
@@ -117,7 +118,7 @@ class _RemindLoss:
     config: RemindConfig
     use_distillation: bool
     anchor: TextAnchor | None
-    pool: Tensor  # the retain images first, then the calibration images
+    pool: Images  # the retain images first, then the calibration images
     labels: Tensor
     teacher_embeddings: Tensor
     teacher_logits: Tensor
@@ -129,8 +130,8 @@ class _RemindLoss:
 
     def __call__(self, step: int) -> dict[str, Tensor]:
         config = self.config
-        idx = self.batches.next().to(self.pool.device)
-        emb = self.student.encode_image(self.pool[idx])
+        idx = self.batches.next().to(self.labels.device)
+        emb = self.student.encode_image(self.pool[idx.cpu() if isinstance(self.pool, StreamedImages) else idx].to(self.student.device))
         logits = self.scale * emb @ self.head()
         terms: dict[str, Tensor] = {}
         if self.use_distillation:

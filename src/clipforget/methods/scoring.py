@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from clipforget.data.loading import take
 from clipforget.methods.core import (
     ScoreFn,
     UnlearnData,
@@ -58,8 +59,8 @@ def split_forget(data: UnlearnData, holdout: float, seed: int) -> tuple[UnlearnD
     if k == 0 or k == n:
         return data, data
     order = torch.randperm(n, generator=stage_generator(seed, "holdout"))
-    fit = dataclasses.replace(data, forget_images=data.forget_images[order[k:]])
-    return fit, dataclasses.replace(data, forget_images=data.forget_images[order[:k]])
+    fit = dataclasses.replace(data, forget_images=take(data.forget_images, order[k:]))
+    return fit, dataclasses.replace(data, forget_images=take(data.forget_images, order[:k]))
 
 
 @dataclass(frozen=True, eq=False)
