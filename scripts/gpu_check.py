@@ -73,7 +73,6 @@ def throughput(arch: str, device: torch.device, batch: int, size: int, repeats: 
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
-    del model
     return row
 
 
