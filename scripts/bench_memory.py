@@ -1,5 +1,6 @@
 """Section 5 of ``scripts/bench_speed.py``: the peak memory of a whole ``run_forget`` as its held-out set
-grows, kept in memory against streamed from disk (one child process per row, its own peak RSS).
+grows, and as its retain set D_r grows, every set kept in memory against every set streamed from disk
+(one child process per row, its own peak RSS).
 
     python scripts/bench_speed.py --only-memory
 """
@@ -24,8 +25,9 @@ def _child(scenario: str, above_mib: float) -> dict:
 HELD_CLASSES = 8
 
 
-def write_memory_scenario(root: Path, n_held: int) -> Path:
-    """A scenario on synthetic 224 px files: a small forget/retain pool and a held-out folder of ``n_held`` images."""
+def write_memory_scenario(root: Path, n_held: int, n_retain: int = 12) -> Path:
+    """A scenario on synthetic 224 px files: a forget set of 12, a retain set of 12 poodles and
+    ``n_retain`` cats, and a held-out folder of ``n_held`` images."""
     import csv
 
     import numpy as np
@@ -40,10 +42,11 @@ def write_memory_scenario(root: Path, n_held: int) -> Path:
     rows = []
     for cls, sub in (("dog", "springer"), ("dog", "poodle"), ("cat", "cat")):
         for split in ("train", "test"):
-            for i in range(16):
+            for i in range(n_retain + 8 if (sub, split) == ("cat", "train") else 16):
                 rel = f"{sub}/{split}_{i}.jpg"
                 image(root / "pool" / rel)
                 rows.append({"path": rel, "class": cls, "subgroup": sub, "split": split})
+    (root / "pool").mkdir(parents=True, exist_ok=True)
     with open(root / "pool" / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "class", "subgroup", "split"])
         writer.writeheader()
@@ -54,19 +57,20 @@ def write_memory_scenario(root: Path, n_held: int) -> Path:
             image(held / f"class{i % HELD_CLASSES}" / f"{i:05d}.jpg")
     group = {"train": {"split": "train", "count": 12}, "test": {"split": "test", "count": 12}}
     scenario = {
-        "name": f"memory-{n_held}", "seed": 0, "classnames": ["dog", "cat"], "templates": ["a photo of a {}."],
+        "name": f"memory-{n_held}-{n_retain}", "seed": 0, "classnames": ["dog", "cat"], "templates": ["a photo of a {}."],
         "hierarchy": {"animal": ["dog", "cat"]},
         "sources": {"pool": {"kind": "manifest", "root": str(root / "pool" / "manifest.csv")},
                     "held": {"kind": "imagefolder", "root": str(held)}},
         "forget": {"name": "springer", "label": "dog", "text": "a photo of a dog.",
                    "select": {"source": "pool", "classes": ["dog"], "subgroups": ["springer"]}, **group},
         "retain": [{"name": "poodle", "label": "dog", "select": {"source": "pool", "classes": ["dog"], "subgroups": ["poodle"]}, **group},
-                   {"name": "cat", "label": "cat", "select": {"source": "pool", "classes": ["cat"]}, **group}],
+                   {"name": "cat", "label": "cat", "select": {"source": "pool", "classes": ["cat"]}, **group,
+                    "train": {"split": "train", "count": n_retain}}],
         "calibration": [{"source": "pool", "classes": ["cat"], "per_class": 4, "split": "train"}],
         "heldout": [{"name": "held", "source": "held", "classes": [f"class{i}" for i in range(HELD_CLASSES)],
                      "per_class": n_held // HELD_CLASSES, "split": "any"}],
     }
-    path = root / f"memory-{n_held}.yaml"
+    path = root / f"memory-{n_held}-{n_retain}.yaml"
     path.write_text(json.dumps(scenario))  # JSON is YAML
     return path
 
@@ -87,14 +91,24 @@ def memory_child(scenario: str, above_mib: float) -> None:
 
 
 def heldout_memory() -> list[str]:
-    lines = ["| held-out images | kept in memory: time (s) | peak RSS above the model (MiB) | streamed: time (s) | "
+    return _memory_table("held-out images", [(n, 12) for n in (512, 1024, 2560, 5120)])
+
+
+def retain_memory() -> list[str]:
+    """The same as D_r grows (a held-out set of 64): a training set a method draws batches from."""
+    return _memory_table("retain images", [(64, n) for n in (512, 5120)])
+
+
+def _memory_table(what: str, sizes: list[tuple[int, int]]) -> list[str]:
+    lines = [f"| {what} | kept in memory: time (s) | peak RSS above the model (MiB) | streamed: time (s) | "
              "peak RSS above the model (MiB) | streamed time / kept |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (512, 1024, 2560, 5120):
-            scenario = str(write_memory_scenario(Path(tmp), n))
+        for n_held, n_retain in sizes:
+            scenario = str(write_memory_scenario(Path(tmp), n_held, n_retain))
             kept, streamed = (_child(scenario, above) for above in (1e9, 0))
-            lines.append(f"| {n} | {kept['seconds']:.1f} | {kept['peak_rss_mib']:.0f} | {streamed['seconds']:.1f} | "
-                         f"{streamed['peak_rss_mib']:.0f} | {streamed['seconds'] / kept['seconds']:.2f} |")
+            lines.append(f"| {n_held if what.startswith('held') else n_retain + 12} | {kept['seconds']:.1f} | "
+                         f"{kept['peak_rss_mib']:.0f} | {streamed['seconds']:.1f} | {streamed['peak_rss_mib']:.0f} | "
+                         f"{streamed['seconds'] / kept['seconds']:.2f} |")
             print(lines[-1], flush=True)
     return lines
 

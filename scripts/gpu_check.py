@@ -78,7 +78,7 @@ def throughput(arch: str, device: torch.device, batch: int, size: int, repeats: 
 
 def end_to_end(device: torch.device, n_held: int, arch: str, quick: bool = False) -> list[dict]:
     """fp32 and bf16, the held-out set kept and streamed, the audit on; ``quick``: one fp32 streamed run, no audit."""
-    from bench_speed import write_memory_scenario
+    from bench_memory import write_memory_scenario
 
     from clipforget.data import Streaming
     from clipforget.app.runner import run_forget
@@ -127,16 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-run", action="store_true", help="leave out the end-to-end runs")
     p.add_argument("--archs", nargs="+", help=f"open_clip architectures to time (default: {' '.join(ARCHS)}; "
                                               "with --quick: ViT-B-32)")
+    p.add_argument("--image-size", type=int, default=224, help="the side of the timed images (the architectures' own)")
+    p.add_argument("--run-arch", default="ViT-B-32", help="the open_clip architecture of the end-to-end runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --quick to check the script")
-    batch, size, repeats = (1, 224, 1) if args.quick else (256, 224, 5)
+    batch, size, repeats = (1, args.image_size, 1) if args.quick else (256, args.image_size, 5)
     rows = []
     for arch in args.archs or (("ViT-B-32",) if args.quick else ARCHS):
         rows.append(throughput(arch, device, batch, size, repeats))
         print(json.dumps(rows[-1]), flush=True)
-    runs = [] if args.skip_run else end_to_end(device, 64 if args.quick else 2560, "ViT-B-32", quick=args.quick)
+    runs = [] if args.skip_run else end_to_end(device, 64 if args.quick else 2560, args.run_arch, quick=args.quick)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
