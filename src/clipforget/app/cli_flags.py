@@ -71,10 +71,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _streaming(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-above", type=float, default=None, metavar="MIB",
-                   help="a held-out set whose preprocessed images would take more than MIB MiB is read from disk "
-                        "at every pass instead of kept in memory (default: 1024; 0 streams every held-out set)")
+                   help="an image set (training, test or held out) whose preprocessed images would take more than "
+                        "MIB MiB is read from its files as it is used instead of kept in memory (default: 1024; "
+                        "0 streams every set)")
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers reading streamed sets (default: the CPU count less one, at most 8; "
+                   help="DataLoader workers reading every image set (default: the CPU count less one, at most 8; "
                         "0 reads in the main process)")
 
 

@@ -185,7 +185,7 @@ def _mapped(images: Any, fn, tag: str) -> Any:
 
 def prepare(model_id: str, scenario: str | Path | ScenarioConfig, *, device: str = "cpu", batch_size: int = 64,
             model: DualEncoder | None = None, precision: str = "fp32", streaming: Streaming = Streaming()) -> Prepared:
-    """Load the model, build the scenario's splits, preprocess every image (streaming the held-out sets
+    """Load the model, build the scenario's splits, preprocess every image (streaming the sets
     ``streaming`` says), score the original model (at ``precision``, :mod:`clipforget.precision`)."""
     start = time.perf_counter()
     parallel.start()

@@ -136,7 +136,8 @@ def run_forget(
 
     ``restart``: discard what an earlier run wrote into ``out`` (else a run with another key is refused).
     ``precision``: fp32, bf16 or fp16 (autocast; weights stay fp32), "auto" for the device's default.
-    ``streaming``: which held-out sets are read from disk at every pass instead of kept in memory.
+    ``streaming``: which image sets (training, test, held out) are read from their files as they are
+    used instead of kept in memory, and how many DataLoader workers read every set.
     """
     method_cfg = resolve_method_config(method, config, overrides)  # fail on a bad config before loading
     audit_cfg = resolve_audit_config(audit)
