@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -90,6 +93,7 @@ class StreamedImages:
             raise ValueError("no records to stream")
         self.workers, self.steps = workers, steps
         self._identity: str | None = None
+        map_large_allocations()
 
     @property
     def records(self) -> tuple[Record, ...]:
@@ -174,6 +178,28 @@ class StreamedImages:
     def decoded_bytes(self) -> int:
         """What the set would take in memory as one preprocessed tensor."""
         return len(self) * self._first.numel() * self._first.element_size()
+
+
+#: glibc's mallopt parameter for the size from which an allocation is its own mmap, and the size we set.
+_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 2**20
+
+
+@functools.cache
+def map_large_allocations() -> bool:
+    """Have glibc serve every allocation of 1 MiB or more by its own mmap, returned to the system when freed.
+
+    Called once a set is streamed. glibc otherwise raises its mmap threshold each time a large
+    chunk is freed (up to 32 MiB), so the batches of a streamed pass come from the heap and leave
+    it fragmented: peak memory then wanders by whole batches from run to run. Setting the threshold
+    fixes it and stops the adjustment. Returns whether it was applied (False off glibc: a no-op).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
 
 
 def _positions(index: Sequence[int] | Tensor) -> list[int]:
