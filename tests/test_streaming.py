@@ -255,3 +255,14 @@ def test_streamed_batches_are_returned_to_the_system_when_freed():
 
     assert growth("default") >= 5  # at least one freed 10 MiB batch stays resident: what the setting exists for
     assert growth("mapped") < 2
+
+
+def test_a_streamed_set_sets_the_allocator_once(fruit, model):
+    from clipforget.data.loading import map_large_allocations
+
+    map_large_allocations.cache_clear()
+    records, sources = fruit
+    StreamedImages(records, sources, model.preprocess)
+    StreamedImages(records[:3], sources, model.preprocess)
+    info = map_large_allocations.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
