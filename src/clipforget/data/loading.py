@@ -93,7 +93,6 @@ class StreamedImages:
             raise ValueError("no records to stream")
         self.workers, self.steps = workers, steps
         self._identity: str | None = None
-        map_large_allocations()
 
     @property
     def records(self) -> tuple[Record, ...]:
@@ -124,6 +123,7 @@ class StreamedImages:
         positions = range(len(self))[index] if isinstance(index, slice) else _positions(index)
         if not positions:
             return torch.empty((0, *self.shape[1:]))
+        map_large_allocations()
         with ThreadPoolExecutor(max(1, self.workers)) as pool:
             images = torch.stack(list(pool.map(lambda i: self.dataset[i][0], positions)))
         return self._stepped(images)
@@ -147,6 +147,7 @@ class StreamedImages:
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """Every image once, in record order, ``batch_size`` at a time, with the steps applied."""
+        map_large_allocations()
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False, num_workers=self.workers)
         for images, _ in loader:
             yield self._stepped(images)
@@ -188,7 +189,8 @@ _M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 2**20
 def map_large_allocations() -> bool:
     """Have glibc serve every allocation of 1 MiB or more by its own mmap, returned to the system when freed.
 
-    Called once a set is streamed. glibc otherwise raises its mmap threshold each time a large
+    Called when a streamed set is first read (a set only sized for streaming and then kept in memory
+    leaves the allocator as it was). glibc otherwise raises its mmap threshold each time a large
     chunk is freed (up to 32 MiB), so the batches of a streamed pass come from the heap and leave
     it fragmented: peak memory then wanders by whole batches from run to run. Setting the threshold
     fixes it and stops the adjustment. Returns whether it was applied (False off glibc: a no-op).
