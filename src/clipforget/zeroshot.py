@@ -199,14 +199,23 @@ def _embed(model: DualEncoder, images: Images, device, batch_size: int, progress
         batches, total = images.batches(batch_size), images.num_batches(batch_size)
     else:
         batches, total = images, (len(images) if hasattr(images, "__len__") else None)
-    out = []
+    size = len(images) if isinstance(images, (Tensor, StreamedImages)) else None
+    out: list[Tensor] = []  # a set of known size fills one tensor: no per-batch pieces left between the batches' buffers
+    filled = 0
     for batch in progress_of(batches, desc=desc, total=total, unit="batches") if progress else batches:
         if not isinstance(batch, Tensor):
             raise TypeError(f"expected batches of image tensors, got {type(batch).__name__}; pass (x for x, _ in loader)")
-        out.append(model.encode_image(batch.to(device)).float().cpu())
+        emb = model.encode_image(batch.to(device)).float().cpu()
+        if size is None:
+            out.append(emb)
+            continue
+        if not out:
+            out.append(torch.empty((size, *emb.shape[1:]), dtype=emb.dtype))
+        out[0][filled:filled + len(emb)] = emb
+        filled += len(emb)
     if not out:
         raise ValueError("no images given")
-    return torch.cat(out)
+    return out[0] if size is not None else torch.cat(out)
 
 
 #: Embeddings of large sets (see :func:`compute_image_embeddings`): an in-memory tensor is known by
